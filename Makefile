@@ -1,0 +1,55 @@
+# eventmail — developer entry points. Everything installs into ignored folders (.venv, .cache).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE ?= $(CURDIR)/.cache
+export EVENTMAIL_CACHE := $(CACHE)
+export PATH := $(CURDIR)/$(BIN):$(CACHE)/bin:$(PATH)
+KAFKA_PORT ?= 9092
+PYTEST_ARGS ?=
+
+.PHONY: install test lint format kafka-up kafka-down demo bench chaos tools clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## a .venv with eventmail and its development tools
+
+tools: ## helm and kubeconform (go install, cached in .cache/bin)
+	deploy/helm/install-tools.sh
+
+test: install tools ## everything: unit, property, integration (real Kafka, real SMTP), helm checks
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install ## ruff (lint + format check) and mypy --strict on consumer/
+	$(BIN)/ruff check consumer tests bench
+	$(BIN)/ruff format --check consumer tests bench
+	$(BIN)/mypy consumer
+
+format: install
+	$(BIN)/ruff format consumer tests bench
+	$(BIN)/ruff check --fix consumer tests bench
+
+kafka-up: install ## a single-node Kafka (KRaft) on 127.0.0.1:$(KAFKA_PORT)
+	KAFKA_PORT=$(KAFKA_PORT) deploy/local/kafka.sh up
+
+kafka-down:
+	KAFKA_PORT=$(KAFKA_PORT) deploy/local/kafka.sh down
+
+demo: install kafka-up ## everything local: Kafka, an SMTP sink, sample rules and events
+	$(BIN)/eventmail demo
+
+bench: install kafka-up ## benchmarks; QUICK=1 for a short run
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+chaos: install ## the long reliability suite
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

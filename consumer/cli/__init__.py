@@ -1,0 +1,1 @@
+"""The ``eventmail`` command line."""

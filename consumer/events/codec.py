@@ -1,0 +1,135 @@
+"""Decoding event records, whatever their encoding (detected per record), into :class:`Event`.
+
+Detection order, per the contract: Confluent wire format (magic byte 0 + schema id; the writer
+schema comes from the Schema Registry), JSON (``content-type: application/json`` header or a leading
+``{``), then schemaless Avro with the shipped schema when the input format is ``avro``. Anything else
+raises :class:`CodecError`, which the pipeline turns into a DLQ record. Nothing else may escape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+
+from consumer.avro import decode_schemaless, encode_schemaless, is_confluent_wire, join_wire, split_wire
+from consumer.errors import CodecError, describe_validation
+from consumer.events.model import Event
+from consumer.events.triggers import Platform
+from consumer.schemas import parsed_schema
+
+Headers = Sequence[tuple[str, bytes | str | None]] | None
+#: Resolves a schema id to the parsed writer schema (the Schema Registry, cached).
+WriterSchemaLookup = Callable[[int], Any]
+
+SCHEMA_NAMES: dict[Platform, str] = {Platform.LMS: "lms_event", Platform.CALL_LOGIC: "call_logic_event"}
+MAX_RECORD_BYTES = 1_000_000
+
+
+class InputFormat(StrEnum):
+    AUTO = "auto"  # Confluent wire format or JSON
+    JSON = "json"
+    AVRO = "avro"  # additionally: schemaless Avro with the shipped schema
+
+
+def _content_type(headers: Headers) -> str | None:
+    for key, value in headers or ():
+        if key.lower() == "content-type" and value is not None:
+            return value.decode("latin-1") if isinstance(value, bytes) else value
+    return None
+
+
+def _looks_like_json(value: bytes) -> bool:
+    return value.lstrip(b" \t\r\n")[:1] == b"{"
+
+
+class EventDecoder:
+    """Turns record values into events. Thread-compatible; holds only caches."""
+
+    def __init__(
+        self, input_format: InputFormat = InputFormat.AUTO, writer_schema: WriterSchemaLookup | None = None
+    ) -> None:
+        self.input_format = input_format
+        self._writer_schema = writer_schema
+
+    def decode(self, platform: Platform, value: bytes | None, headers: Headers = None) -> Event:
+        if value is None:
+            raise CodecError("empty record (null value)")
+        if len(value) > MAX_RECORD_BYTES:
+            raise CodecError(f"record of {len(value)} bytes exceeds {MAX_RECORD_BYTES}")
+        content_type = _content_type(headers)
+        if content_type is not None and "json" in content_type.lower():
+            return self._from_json(platform, value)
+        if is_confluent_wire(value):
+            return self._from_wire(platform, value)
+        if _looks_like_json(value):
+            return self._from_json(platform, value)
+        if self.input_format is InputFormat.AVRO:
+            record = decode_schemaless(value, parsed_schema(SCHEMA_NAMES[platform]))
+            return build_event(platform, record)
+        raise CodecError(
+            "unrecognised encoding: neither JSON nor Confluent wire format"
+            + ("" if self.input_format is InputFormat.AUTO else f" (input format {self.input_format.value})")
+        )
+
+    def _from_json(self, platform: Platform, value: bytes) -> Event:
+        try:
+            record = json.loads(value)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise CodecError(f"invalid JSON: {exc}") from None
+        if not isinstance(record, dict):
+            raise CodecError(f"JSON event must be an object, not {type(record).__name__}")
+        return build_event(platform, record)
+
+    def _from_wire(self, platform: Platform, value: bytes) -> Event:
+        schema_id, body = split_wire(value)
+        if self._writer_schema is None:
+            raise CodecError(f"Confluent wire format (schema id {schema_id}) but no schema registry is set")
+        try:
+            writer = self._writer_schema(schema_id)
+        except CodecError:
+            raise
+        except Exception as exc:
+            raise CodecError(f"schema id {schema_id}: cannot fetch from the registry: {exc}") from None
+        record = decode_schemaless(body, writer, parsed_schema(SCHEMA_NAMES[platform]))
+        return build_event(platform, record)
+
+
+def build_event(platform: Platform, record: dict[str, Any]) -> Event:
+    """Validate a decoded record into an :class:`Event`; errors name the field."""
+    if "platform" in record:
+        raise CodecError("not an event field (the platform comes from the topic)", field="platform")
+    try:
+        return Event.model_validate({**record, "platform": platform})
+    except ValidationError as exc:
+        field, message = describe_validation(exc)
+        raise CodecError(message, field=field or None) from None
+    except RecursionError:
+        raise CodecError("record nested too deeply") from None
+
+
+# --- encoders, used by the demo, the benchmarks and the tests (producers of the platform) --------------
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def encode_json(event: Event) -> bytes:
+    return json.dumps(event.wire_dict(), default=_json_default, separators=(",", ":")).encode()
+
+
+def encode_avro(event: Event) -> bytes:
+    """Schemaless Avro with the shipped schema of the event's platform."""
+    return encode_schemaless(event.wire_dict(), parsed_schema(SCHEMA_NAMES[event.platform]))
+
+
+def encode_wire(event: Event, schema_id: int) -> bytes:
+    """Confluent wire format: the shipped schema must be the one registered under ``schema_id``."""
+    return join_wire(schema_id, encode_avro(event))

@@ -1,0 +1,193 @@
+"""The deployment's settings: one frozen object, validated at start-up and passed down.
+
+Sources, strongest first: environment variables (prefix ``EVENTMAIL_``, ``__`` for nesting, JSON for
+maps), then an optional YAML file (``--config``), then the defaults. Nothing else in the code reads
+``os.environ``. Secrets are ``SecretStr``: they never show in ``repr``, logs or errors.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from consumer.errors import SettingsError
+from consumer.events.codec import InputFormat
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class Encryption(StrEnum):
+    NONE = "none"
+    TLS = "tls"  # STARTTLS
+    SSL = "ssl"  # implicit TLS
+
+
+class KafkaSettings(BaseModel):
+    model_config = _FROZEN
+
+    bootstrap_servers: str = "localhost:9092"
+    #: Extra librdkafka options (SASL, TLS ...). May hold credentials: kept out of repr.
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict, repr=False)
+
+
+class TopicSettings(BaseModel):
+    model_config = _FROZEN
+
+    lms: str = "lms.events"
+    call_logic: str = "calllogic.events"
+    rules: str = "eventmail.rules"
+    outcomes: str = "eventmail.outcomes"
+    alerts: str = "eventmail.alerts"
+    dlq: str = "eventmail.dlq"
+    retry: str = "eventmail.retry"
+
+
+class SchemaRegistrySettings(BaseModel):
+    model_config = _FROZEN
+
+    url: str | None = None
+    basic_auth: SecretStr | None = None  # "user:password"
+
+
+class EspConnection(BaseModel):
+    """A named SMTP connection of the deployment (an ESP or an internal relay)."""
+
+    model_config = _FROZEN
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    encryption: Encryption = Encryption.TLS
+    login: str | None = None
+    password: SecretStr | None = None
+    #: Certificate verification; turn off only for an internal relay with a private certificate.
+    verify_tls: bool = True
+    max_connections: int = Field(default=8, ge=1, le=256)
+    #: Messages per second the ESP accepts on this connection (None: no limit).
+    rate_limit_per_second: float | None = Field(default=None, gt=0)
+
+
+class AlertSettings(BaseModel):
+    model_config = _FROZEN
+
+    connection: str = "default"
+    sender: str = "eventmail@localhost"
+    send_resolved: bool = False
+
+
+class HttpSettings(BaseModel):
+    model_config = _FROZEN
+
+    host: str = "0.0.0.0"
+    #: None: 9400 for ``run``, 9401 for ``aggregate``.
+    port: int | None = Field(default=None, ge=0, le=65535)
+
+
+class SmtpSettings(BaseModel):
+    """Timeouts and retry policy of the mail transport."""
+
+    model_config = _FROZEN
+
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    command_timeout_seconds: float = Field(default=30.0, gt=0)
+    data_timeout_seconds: float = Field(default=60.0, gt=0)
+    idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    in_place_retries: int = Field(default=2, ge=0, le=10)
+    retry_base_seconds: float = Field(default=0.5, gt=0)
+    retry_max_seconds: float = Field(default=30.0, gt=0)
+    circuit_failures: int = Field(default=5, ge=1)
+    circuit_open_seconds: float = Field(default=30.0, gt=0)
+
+
+class PipelineSettings(BaseModel):
+    model_config = _FROZEN
+
+    max_in_flight: int = Field(default=256, ge=1, le=100_000)
+    drain_timeout_seconds: float = Field(default=25.0, gt=0)
+    commit_interval_seconds: float = Field(default=1.0, gt=0)
+    #: How long a delivery keeps being retried (via the retry topic) before it is a failed outcome.
+    retry_deadline_seconds: float = Field(default=3600.0, gt=0)
+    input_format: InputFormat = InputFormat.AUTO
+
+
+class Settings(BaseSettings):
+    """Everything a deployment configures; see the contract's Settings section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EVENTMAIL_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        case_sensitive=False,
+    )
+    yaml_file_path: ClassVar[Path | None] = None
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    group_id: str = "eventmail"
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+    esp_connections: dict[str, EspConnection] = Field(default_factory=dict)
+    secret_key: SecretStr | None = None
+    #: Named secrets that rules reference as ``secret:NAME``.
+    secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    users: dict[str, str] = Field(default_factory=dict)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return upper
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.yaml_file_path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls.yaml_file_path))
+        return tuple(sources)
+
+    def kafka_config(self, **overrides: Any) -> dict[str, Any]:
+        """The librdkafka configuration common to every client of this deployment."""
+        config: dict[str, Any] = {"bootstrap.servers": self.kafka.bootstrap_servers}
+        config.update(self.kafka.extra)
+        config.update(overrides)
+        return config
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate the settings; a bad one raises :class:`SettingsError` naming it."""
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"--config: no such file: {config_file}")
+    cls: type[Settings] = Settings
+    if config_file is not None:
+        cls = type("FileSettings", (Settings,), {"yaml_file_path": config_file})
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = "__".join(str(part) for part in first.get("loc", ())).upper()
+        raise SettingsError(f"EVENTMAIL_{path}: {first.get('msg')}") from None
+    except (ValueError, OSError) as exc:  # malformed JSON in a variable, unreadable YAML ...
+        raise SettingsError(f"settings: {exc}") from None

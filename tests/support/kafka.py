@@ -1,0 +1,209 @@
+"""The Kafka broker of a test session, and helpers to talk to it.
+
+Order of choice: ``KAFKA_BOOTSTRAP_SERVERS`` if set; else testcontainers' ``KafkaContainer`` if a
+Docker engine answers; else the local KRaft broker of ``deploy/local/kafka.sh`` on its own port
+(``EVENTMAIL_TEST_KAFKA_PORT``, default 39092), started for the session and stopped after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA_SCRIPT = ROOT / "deploy" / "local" / "kafka.sh"
+
+
+def docker_engine_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=2)
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+class LocalBroker:
+    """The broker started by ``deploy/local/kafka.sh`` for this session."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.env = {**os.environ, "KAFKA_PORT": str(port)}
+        self.started_here = False
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_path(self) -> Path:
+        out = subprocess.run([str(KAFKA_SCRIPT), "log"], env=self.env, capture_output=True, text=True)
+        return Path(out.stdout.strip())
+
+    def is_running(self) -> bool:
+        return subprocess.run([str(KAFKA_SCRIPT), "status"], env=self.env, capture_output=True).returncode == 0
+
+    def start(self) -> None:
+        already = self.is_running()
+        result = subprocess.run([str(KAFKA_SCRIPT), "up"], env=self.env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"local Kafka did not start:\n{result.stderr}\n{self.tail_log()}")
+        self.started_here = self.started_here or not already
+
+    def stop(self) -> None:
+        subprocess.run([str(KAFKA_SCRIPT), "down"], env=self.env, capture_output=True, check=False)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def tail_log(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path().read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no broker log)"
+
+
+@contextlib.contextmanager
+def kafka_session() -> Iterator[tuple[str, LocalBroker | None]]:
+    """Yields (bootstrap servers, the local broker if this session runs one)."""
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given, None
+        return
+    if docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server(), None
+        return
+    broker = LocalBroker(int(os.environ.get("EVENTMAIL_TEST_KAFKA_PORT", "39092")))
+    broker.start()
+    try:
+        yield broker.bootstrap, broker
+    finally:
+        if broker.started_here:
+            broker.stop()
+
+
+def unique_name(prefix: str) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in prefix)[:100]
+    return f"{safe}-{uuid.uuid4().hex[:10]}"
+
+
+class TopicFactory:
+    """Creates uniquely named topics and deletes them when the test ends."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.prefix = prefix
+        self.created: list[str] = []
+
+    def __call__(
+        self, name: str = "t", partitions: int = 1, config: dict[str, str] | None = None, compacted: bool = False
+    ) -> str:
+        topic = unique_name(f"{self.prefix}.{name}")
+        settings = dict(config or {})
+        if compacted:
+            settings.setdefault("cleanup.policy", "compact")
+        futures = self.admin.create_topics([NewTopic(topic, partitions, 1, config=settings)], operation_timeout=30)
+        futures[topic].result(timeout=30)
+        self.created.append(topic)
+        wait_for_topic(self.admin, topic, partitions)
+        return topic
+
+    def cleanup(self) -> None:
+        if self.created:
+            futures = self.admin.delete_topics(self.created, operation_timeout=30)
+            for future in futures.values():
+                with contextlib.suppress(KafkaException):
+                    future.result(timeout=30)
+            self.created.clear()
+
+
+def wait_for_topic(admin: AdminClient, topic: str, partitions: int, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(topic, timeout=5).topics.get(topic)
+        if metadata is not None and metadata.error is None and len(metadata.partitions) == partitions:
+            if all(p.leader >= 0 for p in metadata.partitions.values()):
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"topic {topic} has no leaders after {timeout}s")
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes | str | None, bytes | str | None]],
+    headers: list[tuple[str, bytes]] | None = None,
+    partition: int | None = None,
+) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    errors: list[Any] = []
+
+    def report(err: Any, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
+    for key, value in records:
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
+        if headers:
+            kwargs["headers"] = headers
+        if partition is not None:
+            kwargs["partition"] = partition
+        producer.produce(topic, **kwargs)
+        producer.poll(0)
+    remaining = producer.flush(30)
+    assert remaining == 0 and not errors, f"produce failed: {errors or remaining}"
+
+
+def consume_all(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0) -> list[Message]:
+    """Every record of ``topic`` from the beginning: until ``expected`` arrived, or the end is reached."""
+    import time
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique_name("reader"),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+    partitions = [TopicPartition(topic, p, 0) for p in metadata.partitions]
+    consumer.assign(partitions)
+    out: list[Message] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                if expected is None and len(at_end) == len(partitions):
+                    break
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                    continue
+                raise KafkaException(msg.error())
+            at_end.discard(msg.partition())
+            out.append(msg)
+            if expected is not None and len(out) >= expected:
+                break
+    finally:
+        consumer.close()
+    return out
