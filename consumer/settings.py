@@ -7,6 +7,7 @@ maps), then an optional YAML file (``--config``), then the defaults. Nothing els
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
@@ -190,4 +191,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         path = "__".join(str(part) for part in first.get("loc", ())).upper()
         raise SettingsError(f"EVENTMAIL_{path}: {first.get('msg')}") from None
     except (ValueError, OSError) as exc:  # malformed JSON in a variable, unreadable YAML ...
+        field = re.search(r'field "([a-z_]+)"', str(exc))
+        if field:
+            raise SettingsError(f"EVENTMAIL_{field.group(1).upper()}: not valid JSON") from None
         raise SettingsError(f"settings: {exc}") from None

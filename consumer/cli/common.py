@@ -59,5 +59,7 @@ def report_error(exc: BaseException, debug: bool) -> int:
     if isinstance(exc, EventmailError):
         click.echo(f"eventmail: {exc}", err=True)
         return EXIT_INVALID
-    click.echo(f"eventmail: unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
+    click.echo(
+        f"eventmail: unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)", err=True
+    )
     return EXIT_INVALID

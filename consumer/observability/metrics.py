@@ -20,7 +20,9 @@ DECODE_FAILURES = Counter(
 )
 DLQ_RECORDS = Counter("eventmail_dlq_records_total", "Records written to the dead-letter topic.", ["source"])
 RULES_MATCHED = Counter(
-    "eventmail_rules_matched_total", "Rule matches (one event may match several rules).", ["platform", "trigger"]
+    "eventmail_rules_matched_total",
+    "Rule matches (one event may match several rules).",
+    ["platform", "trigger"],
 )
 MAILS_SENT = Counter("eventmail_mails_sent_total", "Mails accepted by the SMTP server.", ["connection"])
 MAILS_FAILED = Counter(
@@ -43,7 +45,9 @@ END_TO_END_SECONDS = Histogram(
 )
 MAILS_IN_FLIGHT = Gauge("eventmail_mails_in_flight", "Mails being rendered or sent right now.")
 CONSUMER_LAG = Gauge(
-    "eventmail_consumer_lag_messages", "Records behind the high watermark, per partition.", ["topic", "partition"]
+    "eventmail_consumer_lag_messages",
+    "Records behind the high watermark, per partition.",
+    ["topic", "partition"],
 )
 PARTITIONS_PAUSED = Gauge("eventmail_partitions_paused", "Partitions paused for backpressure.")
 OUTCOMES_WRITTEN = Counter("eventmail_outcomes_written_total", "Outcome records acknowledged.", ["status"])

@@ -34,4 +34,3 @@ def decode_alert(value: bytes) -> Alert:
     except ValidationError as exc:
         field, message = describe_validation(exc)
         raise CodecError(message, field=field or None) from None
-

@@ -49,7 +49,9 @@ class LocalBroker:
         return Path(out.stdout.strip())
 
     def is_running(self) -> bool:
-        return subprocess.run([str(KAFKA_SCRIPT), "status"], env=self.env, capture_output=True).returncode == 0
+        return (
+            subprocess.run([str(KAFKA_SCRIPT), "status"], env=self.env, capture_output=True).returncode == 0
+        )
 
     def start(self) -> None:
         already = self.is_running()
@@ -108,13 +110,19 @@ class TopicFactory:
         self.created: list[str] = []
 
     def __call__(
-        self, name: str = "t", partitions: int = 1, config: dict[str, str] | None = None, compacted: bool = False
+        self,
+        name: str = "t",
+        partitions: int = 1,
+        config: dict[str, str] | None = None,
+        compacted: bool = False,
     ) -> str:
         topic = unique_name(f"{self.prefix}.{name}")
         settings = dict(config or {})
         if compacted:
             settings.setdefault("cleanup.policy", "compact")
-        futures = self.admin.create_topics([NewTopic(topic, partitions, 1, config=settings)], operation_timeout=30)
+        futures = self.admin.create_topics(
+            [NewTopic(topic, partitions, 1, config=settings)], operation_timeout=30
+        )
         futures[topic].result(timeout=30)
         self.created.append(topic)
         wait_for_topic(self.admin, topic, partitions)
@@ -135,9 +143,13 @@ def wait_for_topic(admin: AdminClient, topic: str, partitions: int, timeout: flo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         metadata = admin.list_topics(topic, timeout=5).topics.get(topic)
-        if metadata is not None and metadata.error is None and len(metadata.partitions) == partitions:
-            if all(p.leader >= 0 for p in metadata.partitions.values()):
-                return
+        if (
+            metadata is not None
+            and metadata.error is None
+            and len(metadata.partitions) == partitions
+            and all(p.leader >= 0 for p in metadata.partitions.values())
+        ):
+            return
         time.sleep(0.1)
     raise TimeoutError(f"topic {topic} has no leaders after {timeout}s")
 
@@ -165,10 +177,13 @@ def produce(
         producer.produce(topic, **kwargs)
         producer.poll(0)
     remaining = producer.flush(30)
-    assert remaining == 0 and not errors, f"produce failed: {errors or remaining}"
+    assert not errors, f"produce failed: {errors}"
+    assert remaining == 0, f"{remaining} records not delivered"
 
 
-def consume_all(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0) -> list[Message]:
+def consume_all(
+    bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0
+) -> list[Message]:
     """Every record of ``topic`` from the beginning: until ``expected`` arrived, or the end is reached."""
     import time
 
