@@ -116,6 +116,12 @@ class PipelineSettings(BaseModel):
     commit_interval_seconds: float = Field(default=1.0, gt=0)
     #: How long a delivery keeps being retried (via the retry topic) before it is a failed outcome.
     retry_deadline_seconds: float = Field(default=3600.0, gt=0)
+    #: First delay of a retry through the retry topic; later ones grow exponentially (up to 10 minutes).
+    retry_base_seconds: float = Field(default=5.0, gt=0)
+    #: Retry records held in memory until due; past this the retry partitions are paused.
+    max_retry_pending: int = Field(default=10_000, ge=1)
+    #: How far back the outcome read-back looks for results of uncommitted records after a restart.
+    dedup_lookback_seconds: float = Field(default=900.0, gt=0)
     input_format: InputFormat = InputFormat.AUTO
 
 

@@ -1,0 +1,1 @@
+"""``eventmail run``: records in -> decode -> match -> render -> send -> outcome -> commit."""

@@ -1,0 +1,237 @@
+"""The source consumer: one thread that owns the confluent-kafka ``Consumer`` (every call to it is
+made from this thread), hands records to the asyncio pipeline, applies backpressure with
+``pause``/``resume``, commits what the pipeline says is done, and runs the rebalance protocol.
+
+Never commits on partitions *lost*; on partitions *revoked* it first waits (bounded) for the
+pipeline to finish the revoked partitions' work, then commits synchronously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from consumer.observability.metrics import CONSUMER_LAG, KAFKA_ERRORS, PARTITIONS_PAUSED
+from consumer.pipeline.offsets import TopicPartitionKey
+
+log = logging.getLogger(__name__)
+
+
+class SourceHandler(Protocol):
+    """What the pipeline offers the source thread. Called from the source thread."""
+
+    def on_records(self, records: list[Message]) -> None: ...
+
+    def on_assigned(self, partitions: dict[TopicPartitionKey, int]) -> None:
+        """New partitions with their committed offsets (-1001: none), before any of their records."""
+
+    def drain(self, partitions: set[TopicPartitionKey], timeout: float) -> None:
+        """Block until the work of these partitions is done (or the timeout passes)."""
+
+    def on_lost(self, partitions: set[TopicPartitionKey]) -> None: ...
+
+    def committable(
+        self, partitions: set[TopicPartitionKey] | None = None
+    ) -> dict[TopicPartitionKey, int]: ...
+
+    def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None: ...
+
+    def backlog(self) -> tuple[int, int]:
+        """(pending event records, pending retry records)."""
+
+
+class SourceConsumer:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topics: list[str],
+        retry_topic: str,
+        handler: SourceHandler,
+        *,
+        max_pending: int,
+        max_retry_pending: int,
+        commit_interval: float,
+        drain_timeout: float,
+        on_fatal: Callable[[str], None],
+    ) -> None:
+        self._consumer = Consumer(
+            {
+                "partition.assignment.strategy": "cooperative-sticky",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "statistics.interval.ms": 5000,
+                "session.timeout.ms": 10000,
+                "heartbeat.interval.ms": 1000,
+                **config,
+                "error_cb": self._on_error,
+                "stats_cb": self._on_stats,
+            }
+        )
+        self._topics = topics
+        self._retry_topic = retry_topic
+        self._handler = handler
+        self._max_pending = max_pending
+        self._max_retry_pending = max_retry_pending
+        self._commit_interval = commit_interval
+        self._drain_timeout = drain_timeout
+        self._on_fatal = on_fatal
+        self._stop = threading.Event()
+        self._assigned: set[TopicPartitionKey] = set()
+        self._paused: set[TopicPartitionKey] = set()
+        self.assignment_received = threading.Event()
+        self.last_loop = time.monotonic()
+        self.broker_reachable = False
+        self._thread = threading.Thread(target=self._run, name="source", daemon=True)
+
+    # --- librdkafka callbacks (called from within poll, i.e. this thread) --------------------------------
+    def _on_error(self, error: KafkaError) -> None:
+        KAFKA_ERRORS.labels(code=error.name()).inc()
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self.broker_reachable = False
+        if error.fatal():
+            self._on_fatal(f"fatal consumer error: {error.str()}")
+        else:
+            log.warning("consumer error", extra={"kafka_error": error.str()})
+
+    def _on_stats(self, raw: str) -> None:
+        try:
+            stats = json.loads(raw)
+        except ValueError:
+            return
+        self.broker_reachable = any(b.get("state") == "UP" for b in stats.get("brokers", {}).values())
+        for topic, tstats in stats.get("topics", {}).items():
+            for pid, pstats in tstats.get("partitions", {}).items():
+                if pid == "-1" or (topic, int(pid)) not in self._assigned:
+                    continue
+                lag = pstats.get("consumer_lag_stored", pstats.get("consumer_lag", -1))
+                if lag is not None and lag >= 0:
+                    CONSUMER_LAG.labels(topic=topic, partition=pid).set(lag)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(p.topic, p.partition) for p in partitions}
+        committed = consumer.committed(partitions, timeout=30) if partitions else []
+        offsets = {(p.topic, p.partition): p.offset for p in committed}
+        self._handler.on_assigned(offsets)
+        self._assigned |= keys
+        self.assignment_received.set()
+        log.info("partitions assigned", extra={"partitions": sorted(f"{t}[{p}]" for t, p in keys)})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(p.topic, p.partition) for p in partitions}
+        self._handler.drain(keys, self._drain_timeout)
+        self._commit(keys, asynchronous=False)
+        self._forget(keys)
+        log.info("partitions revoked", extra={"partitions": sorted(f"{t}[{p}]" for t, p in keys)})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(p.topic, p.partition) for p in partitions}
+        self._handler.on_lost(keys)
+        self._forget(keys)
+        log.warning("partitions lost", extra={"partitions": sorted(f"{t}[{p}]" for t, p in keys)})
+
+    def _forget(self, keys: set[TopicPartitionKey]) -> None:
+        self._assigned -= keys
+        self._paused -= keys
+        for topic, partition in keys:
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(topic, str(partition))
+
+    # --- the loop --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._consumer.subscribe(
+            [*self._topics, self._retry_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        last_commit = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self.last_loop = time.monotonic()
+                records = self._consumer.consume(num_messages=500, timeout=0.05)
+                good: list[Message] = []
+                for msg in records:
+                    error = msg.error()
+                    if error is None:
+                        good.append(msg)
+                    elif error.fatal():
+                        self._on_fatal(f"fatal consumer error: {error.str()}")
+                    elif error.code() != KafkaError._PARTITION_EOF:
+                        KAFKA_ERRORS.labels(code=error.name()).inc()
+                        log.warning("consume error", extra={"kafka_error": error.str()})
+                if good:
+                    self.broker_reachable = True
+                    self._handler.on_records(good)
+                self._backpressure()
+                if time.monotonic() - last_commit >= self._commit_interval:
+                    self._commit(None, asynchronous=True)
+                    last_commit = time.monotonic()
+        except Exception as exc:  # the thread must never die silently
+            log.exception("source consumer failed")
+            self._on_fatal(f"source consumer failed: {exc}")
+
+    def _backpressure(self) -> None:
+        events, retries = self._handler.backlog()
+        event_tps = {tp for tp in self._assigned if tp[0] != self._retry_topic}
+        retry_tps = {tp for tp in self._assigned if tp[0] == self._retry_topic}
+        self._toggle(event_tps, pause=events >= self._max_pending, resume=events < self._max_pending // 2)
+        self._toggle(
+            retry_tps, pause=retries >= self._max_retry_pending, resume=retries < self._max_retry_pending // 2
+        )
+        PARTITIONS_PAUSED.set(len(self._paused))
+
+    def _toggle(self, tps: set[TopicPartitionKey], pause: bool, resume: bool) -> None:
+        if pause:
+            to_pause = tps - self._paused
+            if to_pause:
+                self._consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+                self._paused |= to_pause
+        elif resume:
+            to_resume = tps & self._paused
+            if to_resume:
+                self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
+                self._paused -= to_resume
+
+    def _commit(self, keys: set[TopicPartitionKey] | None, asynchronous: bool) -> None:
+        scope = self._assigned if keys is None else keys & self._assigned
+        offsets = self._handler.committable(scope)
+        if not offsets:
+            return
+        try:
+            listed = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            if asynchronous:
+                self._consumer.commit(offsets=listed, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=listed, asynchronous=False)
+                self._handler.mark_committed(offsets)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:
+                return
+            log.warning("commit failed; will retry", extra={"error": str(exc)})
+
+    def stop(self, timeout: float) -> None:
+        """Stop fetching; the owner drains, then calls :meth:`close`."""
+        self._stop.set()
+        self._thread.join(timeout=timeout)
+
+    def close(self, drain_timeout: float) -> None:
+        """After the loop stopped: drain everything, commit synchronously, leave the group."""
+        self._handler.drain(set(self._assigned), drain_timeout)
+        self._commit(None, asynchronous=False)
+        self._consumer.close()
+
+    def alive(self, stale_after: float = 30.0) -> bool:
+        return self._thread.is_alive() and time.monotonic() - self.last_loop < stale_after
