@@ -7,7 +7,7 @@ import importlib
 import click
 
 #: Modules under consumer/cli that add commands.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("logs",)
 
 
 def register(group: click.Group) -> None:

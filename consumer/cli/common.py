@@ -63,3 +63,29 @@ def report_error(exc: BaseException, debug: bool) -> int:
         f"eventmail: unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)", err=True
     )
     return EXIT_INVALID
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``5m``, ``1h``, ``30d``, ``2w`` -> seconds."""
+    value = text.strip().lower()
+    if len(value) >= 2 and value[-1] in _UNITS and value[:-1].replace(".", "", 1).isdigit():
+        return float(value[:-1]) * _UNITS[value[-1]]
+    raise click.BadParameter(f"{text!r} is not a duration like 30s, 5m, 1h or 30d")
+
+
+class DurationType(click.ParamType[float]):
+    name = "DURATION"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+DURATION = DurationType()

@@ -1,0 +1,84 @@
+"""Reading a whole topic from a point in time: every partition from ``offsets_for_times(since)`` to
+the end it had when reading started (or on, with ``follow``). Used by the CLI (``logs``, ``usage``)
+and by services that rebuild state from a log. Read-only: it never commits offsets.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from consumer.errors import EventmailError
+
+
+class TopicReadError(EventmailError, ConnectionError):
+    """The topic could not be read (missing, or the brokers did not answer)."""
+
+
+def read_since(
+    config: dict[str, Any],
+    topic: str,
+    since_ms: int | None,
+    *,
+    follow: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    timeout: float = 30.0,
+) -> Iterator[Message]:
+    """Records of ``topic`` from ``since_ms`` (None: the beginning), partition order preserved."""
+    reader = Consumer(
+        {
+            **config,
+            "group.id": f"eventmail-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        try:
+            metadata = reader.list_topics(topic, timeout=timeout).topics.get(topic)
+        except KafkaException as exc:
+            raise TopicReadError(f"cannot reach Kafka to read {topic}: {exc}") from None
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise TopicReadError(f"topic {topic} does not exist")
+        partitions = sorted(metadata.partitions)
+        ends: dict[int, int] = {}
+        starts: dict[int, int] = {}
+        for p in partitions:
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            ends[p], starts[p] = high, low
+        if since_ms is not None:
+            found = reader.offsets_for_times(
+                [TopicPartition(topic, p, since_ms) for p in partitions], timeout=timeout
+            )
+            for tp in found:
+                starts[tp.partition] = tp.offset if tp.offset >= 0 else ends[tp.partition]
+        reader.assign([TopicPartition(topic, p, starts[p]) for p in partitions])
+        remaining = {p for p in partitions if starts[p] < ends[p]}
+        while follow or remaining:
+            if should_stop():
+                return
+            for msg in reader.consume(num_messages=500, timeout=0.2):
+                error = msg.error()
+                partition = msg.partition()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        remaining.discard(partition if partition is not None else -1)
+                        continue
+                    raise TopicReadError(f"reading {topic}: {error.str()}")
+                offset = msg.offset()
+                if partition is not None and offset is not None and offset >= ends[partition] - 1:
+                    remaining.discard(partition)
+                yield msg
+    finally:
+        reader.close()
+
+
+def since_to_ms(seconds: float | None, now: float | None = None) -> int | None:
+    if seconds is None:
+        return None
+    return int(((now if now is not None else time.time()) - seconds) * 1000)
