@@ -7,9 +7,10 @@ CACHE ?= $(CURDIR)/.cache
 export EVENTMAIL_CACHE := $(CACHE)
 export PATH := $(CURDIR)/$(BIN):$(CACHE)/bin:$(PATH)
 KAFKA_PORT ?= 9092
+REGISTRY_PORT ?= 8081
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format kafka-up kafka-down demo bench chaos tools clean
+.PHONY: install test lint format kafka-up kafka-down registry-up registry-down demo bench chaos tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,13 @@ kafka-up: install ## a single-node Kafka (KRaft) on 127.0.0.1:$(KAFKA_PORT)
 
 kafka-down:
 	KAFKA_PORT=$(KAFKA_PORT) deploy/local/kafka.sh down
+
+registry-up: kafka-up ## a Schema Registry (Apicurio, Confluent API) on 127.0.0.1:$(REGISTRY_PORT), schemas kept in Kafka
+	REGISTRY_PORT=$(REGISTRY_PORT) KAFKA_PORT=$(KAFKA_PORT) deploy/local/registry/registry.sh up
+	@echo "EVENTMAIL_SCHEMA_REGISTRY__URL=$$(REGISTRY_PORT=$(REGISTRY_PORT) deploy/local/registry/registry.sh url)"
+
+registry-down:
+	REGISTRY_PORT=$(REGISTRY_PORT) deploy/local/registry/registry.sh down
 
 demo: install kafka-up ## everything local: Kafka, an SMTP sink, sample rules and events
 	$(BIN)/eventmail demo

@@ -8,7 +8,7 @@ import pytest
 
 from tests.support.kafka import LocalBroker, TopicFactory, kafka_session
 
-pytest_plugins = ["tests.support.smtp_fixtures"]
+pytest_plugins = ["tests.support.smtp_fixtures", "tests.support.registry_fixtures"]
 
 
 @pytest.fixture(scope="session")
