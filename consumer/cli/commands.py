@@ -7,7 +7,7 @@ import importlib
 import click
 
 #: Modules under consumer/cli that add commands.
-COMMAND_MODULES: tuple[str, ...] = ("logs",)
+COMMAND_MODULES: tuple[str, ...] = ("logs", "rules", "placeholders")
 
 
 def register(group: click.Group) -> None:

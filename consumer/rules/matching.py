@@ -1,0 +1,223 @@
+"""Which rules an event triggers: rules compiled once per version, looked up by (platform, trigger, scope).
+
+A :class:`RuleIndex` is an immutable snapshot. Enabled rules sit in buckets keyed by
+``(platform, trigger, "product", product_id)`` or ``(platform, trigger, "campaign", campaign_id)``, so
+an event looks at two buckets only: the cost of a match does not grow with rules of other triggers or
+scopes. Each rule's filters are compiled to frozensets and closures (:func:`compile_rule`).
+
+Filter semantics (contract "Rules"): an include list lets through only events whose field is in it
+(a null field is not); an exclude list drops events whose field is in it (a null field passes);
+``method``/``tracking_strategy`` need the event's value to equal the filter's (``direct_sold_only`` is
+the event's ``direct_sold``, ``pingback_only`` its ``pingback``); an event without a price never passes
+a price filter. Matching never mutates an index, never raises for a valid event, and does no I/O.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from consumer.events.model import Event
+from consumer.events.triggers import Platform
+from consumer.rules.codec import rule_version
+from consumer.rules.model import (
+    ID_FILTER_FIELDS,
+    Action,
+    Filters,
+    PriceAboveZero,
+    PriceCompare,
+    PriceRange,
+    Rule,
+    Warnings,
+)
+
+Predicate = Callable[[Event], bool]
+BucketKey = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """One version of a valid rule, ready to match and to send with."""
+
+    rule_id: str
+    name: str | None
+    version: str
+    platform: Platform
+    triggers: frozenset[str]
+    scope: tuple[str, str]
+    enabled: bool
+    action: Action
+    warnings: Warnings | None
+    warnings_enabled: bool
+    rule: Rule = field(repr=False, compare=False)
+    #: None: no filters, every event of the triggers and scope matches.
+    predicate: Predicate | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def connection_label(self) -> str:
+        """``esp:NAME`` or ``manual:HOST:PORT`` (never credentials)."""
+        return self.action.connection.label
+
+    def matches(self, event: Event) -> bool:
+        """The full test, including platform, trigger and scope (the index checks those by lookup)."""
+        if not self.enabled or event.platform != self.platform or event.trigger not in self.triggers:
+            return False
+        kind, scope_id = self.scope
+        if (event.product_id if kind == "product" else event.campaign_id) != scope_id:
+            return False
+        return self.predicate is None or self.predicate(event)
+
+
+def compile_rule(rule: Rule, version: str | None = None) -> CompiledRule:
+    return CompiledRule(
+        rule_id=rule.id,
+        name=rule.name,
+        version=version or rule_version(rule),
+        platform=rule.platform,
+        triggers=frozenset(rule.triggers),
+        scope=rule.scope,
+        enabled=rule.enabled,
+        action=rule.action,
+        warnings=rule.warnings,
+        warnings_enabled=rule.warnings_enabled,
+        rule=rule,
+        predicate=compile_filters(rule.filters),
+    )
+
+
+def compile_filters(filters: Filters) -> Predicate | None:
+    """One closure testing every filter, or None when there are none."""
+    checks: list[Predicate] = []
+    if filters.method is not None:
+        checks.append(_equals("method", filters.method.value))
+    if filters.tracking_strategy is not None:
+        checks.append(_equals("tracking_strategy", filters.tracking_strategy.event_value))
+    for name, attribute in ID_FILTER_FIELDS.items():
+        id_filter = getattr(filters, name)
+        if id_filter is None:
+            continue
+        if id_filter.include:
+            checks.append(_member(attribute, frozenset(id_filter.include)))
+        if id_filter.exclude:
+            checks.append(_not_member(attribute, frozenset(id_filter.exclude)))
+    if filters.call_tracking_pools is not None and filters.call_tracking_pools.include:
+        checks.append(_member("call_tracking_pool_id", frozenset(filters.call_tracking_pools.include)))
+    if filters.price is not None:
+        checks.append(_price(filters.price))
+    if not checks:
+        return None
+    predicate = checks[0]
+    for check in checks[1:]:
+        predicate = _both(predicate, check)
+    return predicate
+
+
+def _both(first: Predicate, second: Predicate) -> Predicate:
+    return lambda event: first(event) and second(event)
+
+
+def _equals(attribute: str, wanted: str) -> Predicate:
+    get = operator.attrgetter(attribute)
+    return lambda event: bool(get(event) == wanted)
+
+
+def _member(attribute: str, values: frozenset[str]) -> Predicate:
+    get = operator.attrgetter(attribute)
+    return lambda event: get(event) in values  # None is never in the set
+
+
+def _not_member(attribute: str, values: frozenset[str]) -> Predicate:
+    get = operator.attrgetter(attribute)
+    return lambda event: get(event) not in values  # None is never excluded
+
+
+def _price(restriction: PriceAboveZero | PriceCompare | PriceRange) -> Predicate:
+    if isinstance(restriction, PriceRange):
+        low, high = restriction.min, restriction.max
+        return lambda event: event.price is not None and low <= event.price <= high
+    if isinstance(restriction, PriceAboveZero):
+        return lambda event: event.price is not None and event.price > 0
+    compare = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}[restriction.op]
+    value = restriction.value
+    return lambda event: event.price is not None and bool(compare(event.price, value))
+
+
+def _bucket_keys(rule: CompiledRule) -> Iterator[BucketKey]:
+    kind, scope_id = rule.scope
+    for trigger in rule.triggers:
+        yield (rule.platform.value, trigger, kind, scope_id)
+
+
+class RuleIndex:
+    """An immutable snapshot of the valid rules (enabled and disabled), indexed for matching."""
+
+    __slots__ = ("_buckets", "_enabled", "_rules", "generation")
+
+    def __init__(self, rules: Iterable[CompiledRule] = (), generation: int = 0) -> None:
+        by_id = {rule.rule_id: rule for rule in rules}
+        buckets: dict[BucketKey, list[CompiledRule]] = {}
+        enabled = 0
+        for rule in sorted(by_id.values(), key=lambda r: r.rule_id):
+            if not rule.enabled:
+                continue
+            enabled += 1
+            for key in _bucket_keys(rule):
+                buckets.setdefault(key, []).append(rule)
+        self._rules: Mapping[str, CompiledRule] = MappingProxyType(by_id)
+        self._buckets: dict[BucketKey, tuple[CompiledRule, ...]] = {k: tuple(v) for k, v in buckets.items()}
+        self._enabled = enabled
+        #: Increases with every snapshot a store publishes.
+        self.generation = generation
+
+    def match(self, event: Event) -> list[CompiledRule]:
+        """Every enabled rule the event triggers, ordered by rule id within each scope."""
+        buckets = self._buckets
+        # Platform is a StrEnum: it hashes and compares like its value, the key's first part.
+        platform: str = event.platform
+        trigger = event.trigger
+        out: list[CompiledRule] = []
+        product_id = event.product_id
+        if product_id is not None:
+            for rule in buckets.get((platform, trigger, "product", product_id), ()):
+                predicate = rule.predicate
+                if predicate is None or predicate(event):
+                    out.append(rule)
+        campaign_id = event.campaign_id
+        if campaign_id is not None:
+            for rule in buckets.get((platform, trigger, "campaign", campaign_id), ()):
+                predicate = rule.predicate
+                if predicate is None or predicate(event):
+                    out.append(rule)
+        return out
+
+    def get(self, rule_id: str) -> CompiledRule | None:
+        """The enabled rule with this id (None when absent or disabled)."""
+        rule = self._rules.get(rule_id)
+        return rule if rule is not None and rule.enabled else None
+
+    def lookup(self, rule_id: str) -> CompiledRule | None:
+        """The valid rule with this id, enabled or not."""
+        return self._rules.get(rule_id)
+
+    @property
+    def rules(self) -> Mapping[str, CompiledRule]:
+        """Every valid rule by id (read-only)."""
+        return self._rules
+
+    @property
+    def enabled_count(self) -> int:
+        return self._enabled
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def __contains__(self, rule_id: object) -> bool:
+        return rule_id in self._rules
+
+    def __iter__(self) -> Iterator[CompiledRule]:
+        return iter(sorted(self._rules.values(), key=lambda r: r.rule_id))
+
+    def __repr__(self) -> str:
+        return f"RuleIndex(rules={len(self._rules)}, enabled={self._enabled}, generation={self.generation})"

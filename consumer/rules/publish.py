@@ -1,0 +1,98 @@
+"""Writing to the rules topic: rule records and tombstones, keyed by rule id, acknowledged by the broker.
+
+Used by ``eventmail rules apply`` and ``rules delete``. The producer is idempotent (``acks=all``), so a
+retried send never duplicates or reorders a rule's records. Only sealed rules are written
+(:func:`consumer.rules.codec.encode_rule` refuses clear-text passwords). Nothing here prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+
+from consumer.errors import RuleError
+from consumer.rules.codec import encode_rule
+from consumer.rules.model import Rule
+from consumer.settings import Settings
+
+
+@dataclass(frozen=True)
+class Written:
+    rule_id: str
+    partition: int
+    offset: int
+
+
+def check_topic(settings: Settings, timeout: float = 15.0) -> list[str]:
+    """Raise :class:`RuleError` when the rules topic is missing; warnings about its configuration."""
+    topic = settings.topics.rules
+    admin = AdminClient(settings.kafka_config())
+    try:
+        # All topics, not just this one: asking for one topic could auto-create it uncompacted.
+        topics = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise RuleError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from None
+    if topic not in topics:
+        raise RuleError(
+            f"the rules topic {topic} does not exist; create it with cleanup.policy=compact "
+            "(or set EVENTMAIL_TOPICS__RULES)"
+        )
+    try:
+        futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+        config = next(iter(futures.values())).result(timeout=timeout)
+        policy = config.get("cleanup.policy")
+    except KafkaException:
+        return []
+    if policy is not None and "compact" not in str(policy.value):
+        return [
+            f"the rules topic {topic} is not compacted (cleanup.policy={policy.value}): old rules may expire"
+        ]
+    return []
+
+
+def publish_rules(settings: Settings, rules: Sequence[Rule], timeout: float = 30.0) -> list[Written]:
+    """Write each (sealed) rule and wait for the broker's acknowledgements."""
+    records = [(rule.id, encode_rule(rule)) for rule in rules]
+    return _produce(settings, records, timeout)
+
+
+def publish_tombstones(settings: Settings, rule_ids: Sequence[str], timeout: float = 30.0) -> list[Written]:
+    """Write a tombstone per rule id: the rule is deleted everywhere."""
+    return _produce(settings, [(rule_id, None) for rule_id in rule_ids], timeout)
+
+
+def _produce(
+    settings: Settings, records: Sequence[tuple[str, bytes | None]], timeout: float
+) -> list[Written]:
+    producer = Producer(
+        settings.kafka_config(
+            **{"enable.idempotence": True, "acks": "all", "linger.ms": 5, "client.id": "eventmail-rules"}
+        )
+    )
+    written: list[Written] = []
+    failed: list[str] = []
+
+    def delivered(error: Any, msg: Message) -> None:
+        key = (msg.key() or b"").decode("utf-8", "replace")
+        if error is not None:
+            failed.append(f"rule {key}: not written: {error}")
+        else:
+            written.append(Written(key, msg.partition() or 0, msg.offset() or 0))
+
+    for rule_id, value in records:
+        producer.produce(settings.topics.rules, key=rule_id.encode(), value=value, on_delivery=delivered)
+        producer.poll(0)
+    remaining = producer.flush(timeout)
+    if remaining:
+        failed.append(f"{remaining} records not acknowledged within {timeout:g}s")
+    if failed:
+        if written:
+            failed.append(f"written: {', '.join(w.rule_id for w in written)}")
+        raise RuleError("; ".join(failed))
+    order = {rule_id: i for i, (rule_id, _) in enumerate(records)}
+    return sorted(written, key=lambda w: order.get(w.rule_id, 0))
