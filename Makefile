@@ -22,7 +22,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed ## a .venv with eventmail and its development tools
 
-tools: ## helm and kubeconform (go install, cached in .cache/bin)
+tools: ## helm, kubeconform and the PromQL rule checker (go install, cached in .cache/bin)
 	deploy/helm/install-tools.sh
 
 test: install tools ## everything: unit, property, integration (real Kafka, real SMTP), helm checks
