@@ -1,0 +1,172 @@
+"""``eventmail smtp test``: send a test mail through an ESP connection or manual SMTP parameters.
+
+The product's "test email" button for the command line: it prints each step (connected, TLS, AUTH,
+the server's reply) and exits 1 with the server's reply when something fails. The password of manual
+parameters comes from ``EVENTMAIL_SMTP_PASSWORD`` or a hidden prompt; it is never echoed, printed or
+put in an error. It sends exactly one message and never retries in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import uuid
+from datetime import UTC, datetime
+
+import click
+
+from consumer.cli.common import CliState, fail, pass_state
+from consumer.errors import MailError
+from consumer.mail.errors import SendError
+from consumer.mail.message import MailAddress, build_message
+from consumer.mail.params import ConnectionParams
+from consumer.mail.render import Rendered
+from consumer.mail.transport import SendResult, Transport
+from consumer.settings import Encryption, Settings
+
+PASSWORD_ENV = "EVENTMAIL_SMTP_PASSWORD"  # noqa: S105 (the variable's name, not a password)
+_DEFAULT_PORTS = {Encryption.NONE: 25, Encryption.TLS: 587, Encryption.SSL: 465}
+
+
+def _params(
+    settings: Settings,
+    connection: str | None,
+    host: str | None,
+    port: int | None,
+    encryption: str | None,
+    login: str | None,
+) -> ConnectionParams:
+    if connection and host:
+        raise click.UsageError("give either --connection or --host, not both")
+    if connection:
+        if port is not None or encryption is not None or login is not None:
+            raise click.UsageError("--port, --encryption and --login go with --host, not --connection")
+        esp = settings.esp_connections.get(connection)
+        if esp is None:
+            known = ", ".join(sorted(settings.esp_connections)) or "none are configured"
+            fail(f"--connection: no ESP connection named {connection!r} (EVENTMAIL_ESP_CONNECTIONS: {known})")
+        return ConnectionParams.from_esp(connection, esp)
+    if not host:
+        raise click.UsageError("give --connection NAME, or --host (with --port and --encryption)")
+    mode = Encryption(encryption or Encryption.TLS.value)
+    password: str | None = None
+    if login:
+        password = os.environ.get(PASSWORD_ENV)
+        if password is None:
+            password = click.prompt(f"SMTP password for {login}", hide_input=True, err=True)
+    return ConnectionParams.manual(
+        host, port or _DEFAULT_PORTS[mode], mode, login, password, name="manual", max_connections=1
+    )
+
+
+def _sender(explicit: str | None, params: ConnectionParams, settings: Settings) -> str:
+    if explicit:
+        return explicit
+    if params.login and "@" in params.login:
+        return params.login
+    return settings.alerts.sender
+
+
+async def _send(
+    settings: Settings, params: ConnectionParams, sender: str, to: tuple[str, ...], subject: str
+) -> tuple[SendResult, str]:
+    now = datetime.now(UTC)
+    body = (
+        f"This is a test message from `eventmail smtp test`, sent through connection {params.name!r} "
+        f"at {now.isoformat(timespec='seconds')}.\n\nIf you can read it, the connection works.\n"
+    )
+    built = build_message(
+        Rendered(subject, body, None),
+        sender=MailAddress(sender, "eventmail"),
+        to=[MailAddress(address) for address in to],
+        event_id=f"smtp-test-{uuid.uuid4()}",
+        rule_id="smtp-test",
+        date=now,
+    )
+    smtp = settings.smtp.model_copy(update={"in_place_retries": 0})
+    async with Transport(smtp, trace=click.echo) as transport:
+        result = await transport.send(params, built.data, built.sender, built.recipients)
+    return result, built.message_id
+
+
+@click.group("smtp")
+def smtp_group() -> None:
+    """Check SMTP connections."""
+
+
+@smtp_group.command("test")
+@click.option(
+    "--connection", metavar="NAME", help="An ESP connection of the settings (EVENTMAIL_ESP_CONNECTIONS)."
+)
+@click.option("--host", metavar="H", help="SMTP server for manual parameters.")
+@click.option(
+    "--port", metavar="P", type=click.IntRange(1, 65535), help="Default: 25, 587 or 465 by encryption."
+)
+@click.option(
+    "--encryption",
+    type=click.Choice([e.value for e in Encryption]),
+    help="none, tls (STARTTLS) or ssl (implicit TLS); default tls.",
+)
+@click.option(
+    "--login", metavar="L", help=f"AUTH user; the password is read from {PASSWORD_ENV} or a prompt."
+)
+@click.option("--to", "to", metavar="ADDR", required=True, multiple=True, help="Recipient (repeatable).")
+@click.option("--from", "from_", metavar="ADDR", help="Sender; default the login when it is an address.")
+@click.option("--subject", default="eventmail test message", show_default=True)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Trust this CA bundle (PEM) instead of the system's, for a private CA.",
+)
+@click.option("--insecure", is_flag=True, help="Do not verify the server's TLS certificate.")
+@pass_state
+def smtp_test(
+    state: CliState,
+    connection: str | None,
+    host: str | None,
+    port: int | None,
+    encryption: str | None,
+    login: str | None,
+    to: tuple[str, ...],
+    from_: str | None,
+    subject: str,
+    ca_file: str | None,
+    insecure: bool,
+) -> None:
+    """Send a test mail and print each step; exit 1 with the server's reply on failure.
+
+    \b
+    Examples:
+      eventmail smtp test --connection default --to ops@example.com
+      EVENTMAIL_SMTP_PASSWORD=... eventmail smtp test --host smtp.example.com --port 587 \\
+          --encryption tls --login mailer@example.com --to ops@example.com
+    """
+    settings = state.settings()
+    params = _params(settings, connection, host, port, encryption, login)
+    if ca_file or insecure:
+        params = dataclasses.replace(params, ca_file=ca_file or params.ca_file, verify_tls=not insecure)
+    sender = _sender(from_, params, settings)
+    tls = "" if params.encryption is Encryption.NONE else f", verify {'off' if insecure else 'on'}"
+    click.echo(
+        f"connection {params.name}: {params.address}, encryption {params.encryption.value}{tls}, "
+        f"login {params.login or '(none)'}"
+    )
+    try:
+        result, message_id = asyncio.run(_send(settings, params, sender, to, subject))
+    except SendError as exc:
+        fail(f"smtp test failed: {exc}")
+    except MailError as exc:
+        hint = " (pass --from ADDR)" if from_ is None and getattr(exc, "field", "") == "sender.email" else ""
+        fail(f"smtp test: {exc}{hint}")
+    for address, refusal in result.refused.items():
+        click.echo(f"refused: {address}: {refusal}")
+    click.echo(
+        f"sent {message_id} to {', '.join(result.accepted)} in {result.duration_seconds * 1000:.0f} ms"
+    )
+    if result.refused:
+        fail(f"smtp test: {len(result.refused)} recipient(s) refused")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(smtp_group)

@@ -1,0 +1,262 @@
+"""Building the email message of one delivery: headers, parts, envelope.
+
+Sender and recipients may carry display names (RFC 2047-encoded when not ASCII); ``bcc`` goes to the
+envelope only, never into a header. The body is ``text/plain``, ``text/html`` or
+``multipart/alternative`` (both) depending on what :class:`~consumer.mail.render.Rendered` holds.
+The ``Message-ID`` is derived from (event id, rule id), so every retry of a delivery carries the same
+id. ``X-Eventmail-Rule`` and ``X-Eventmail-Event`` say where a mail came from.
+
+This module must never let rendered text add a header: a subject, display name or address with a
+line break or another control character is a :class:`MessageError` naming the field, and the
+serialized header block is checked against the headers this module set.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy as email_policy
+from email.header import decode_header
+from email.headerregistry import Address as HeaderAddress
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Protocol
+
+from email_validator import EmailNotValidError, validate_email
+
+from consumer.mail.errors import MessageError
+from consumer.mail.render import Rendered
+
+#: Bodies are quoted-printable or base64, so any server takes them (no 8BITMIME needed).
+POLICY = email_policy.SMTP.clone(cte_type="7bit", max_line_length=998)
+#: For addresses whose local part is not ASCII (the server must offer SMTPUTF8).
+POLICY_UTF8 = email_policy.SMTPUTF8.clone(cte_type="7bit", max_line_length=998)
+MAX_SUBJECT_CHARS = 2_000
+MAX_NAME_CHARS = 256
+MESSAGE_ID_DOMAIN = "eventmail"
+
+
+class Address(Protocol):
+    """An address of a rule (sender, recipient): ``email`` plus an optional display ``name``."""
+
+    @property
+    def email(self) -> str: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class MailAddress:
+    """A plain :class:`Address`."""
+
+    email: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class BuiltMessage:
+    """A message ready to send, with its envelope."""
+
+    message: EmailMessage
+    #: The serialized message (CRLF line ends), as the transport sends it.
+    data: bytes
+    #: Envelope sender (MAIL FROM).
+    sender: str
+    #: Envelope recipients (RCPT TO): to + cc + bcc, without duplicates, in that order.
+    recipients: tuple[str, ...]
+    message_id: str
+    #: The addresses as shown in the outcome (``to``, ``cc``, ``bcc`` in their normalized form).
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+
+    @property
+    def smtputf8(self) -> bool:
+        """The envelope needs the server's SMTPUTF8 extension."""
+        return not (self.sender.isascii() and all(r.isascii() for r in self.recipients))
+
+
+def message_id_for(event_id: str, rule_id: str, domain: str = MESSAGE_ID_DOMAIN) -> str:
+    """``<hex@domain>``: the same for every attempt at delivering ``event_id`` for ``rule_id``."""
+    digest = hashlib.sha256(f"{event_id}\x00{rule_id}".encode()).hexdigest()[:40]
+    return f"<{digest}@{domain}>"
+
+
+# Any control character (other than tab), plus Unicode line and paragraph separators.
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _decoded(value: str) -> str:
+    """``value`` with RFC 2047 encoded words decoded, as a mail reader (or the header parser) sees it."""
+    if "=?" not in value:
+        return value
+    try:
+        parts = decode_header(value)
+    except Exception:
+        return value
+    return "".join(
+        part.decode(charset or "ascii", "replace") if isinstance(part, bytes) else part
+        for part, charset in parts
+    )
+
+
+def _check_text(field: str, value: str, limit: int) -> str:
+    if _UNSAFE.search(value) or _UNSAFE.search(_decoded(value)):
+        raise MessageError(field, "contains a line break or control character")
+    if len(value) > limit:
+        raise MessageError(field, f"is longer than {limit} characters")
+    return value
+
+
+@dataclass(frozen=True)
+class _Checked:
+    envelope: str  # as used in MAIL FROM / RCPT TO (ASCII domain when possible)
+    header: HeaderAddress
+
+
+@functools.lru_cache(maxsize=8192)
+def _validated(email: str) -> tuple[str, str]:
+    """(normalized, envelope form) of an address; ValueError when it is not valid."""
+    result = validate_email(email, check_deliverability=False)
+    return result.normalized, result.ascii_email or result.normalized
+
+
+def _address(field: str, address: Address) -> _Checked:
+    email = address.email
+    if not isinstance(email, str) or not email:
+        raise MessageError(f"{field}.email", "is empty")
+    if _UNSAFE.search(email):
+        raise MessageError(f"{field}.email", "contains a line break or control character")
+    try:
+        _normalized, envelope = _validated(email.strip())
+    except EmailNotValidError as exc:
+        raise MessageError(f"{field}.email", f"{email[:80]!r} is not a valid address: {exc}") from None
+    name = address.name or ""
+    _check_text(f"{field}.name", name, MAX_NAME_CHARS)
+    name = unicodedata.normalize("NFC", name.strip())
+    local, _, domain = envelope.rpartition("@")
+    try:
+        header = HeaderAddress(display_name=name, username=local, domain=domain)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise MessageError(field, f"cannot be written as a header: {exc}") from None
+    return _Checked(envelope, header)
+
+
+def _many(field: str, addresses: Iterable[Address]) -> list[_Checked]:
+    return [_address(f"{field}[{i}]", a) for i, a in enumerate(addresses)]
+
+
+def _dedupe(addresses: Iterable[str]) -> tuple[str, ...]:
+    seen: set[str] = set()
+    out: list[str] = []
+    for address in addresses:
+        key = address.lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(address)
+    return tuple(out)
+
+
+def build_message(
+    rendered: Rendered,
+    *,
+    sender: Address,
+    to: Sequence[Address],
+    cc: Sequence[Address] = (),
+    bcc: Sequence[Address] = (),
+    event_id: str,
+    rule_id: str,
+    date: datetime | None = None,
+    message_id_domain: str = MESSAGE_ID_DOMAIN,
+) -> BuiltMessage:
+    """The message for ``rendered``; raises :class:`MessageError` naming the field at fault."""
+    if not to:
+        raise MessageError("to", "at least one recipient is needed")
+    subject = _check_text("subject", rendered.subject, MAX_SUBJECT_CHARS)
+    _check_text("event_id", event_id, 256)
+    _check_text("rule_id", rule_id, 256)
+    from_ = _address("sender", sender)
+    to_list, cc_list, bcc_list = _many("to", to), _many("cc", cc), _many("bcc", bcc)
+    everyone = [from_, *to_list, *cc_list, *bcc_list]
+    utf8 = not all(c.envelope.isascii() for c in everyone)
+    message_id = message_id_for(event_id, rule_id, message_id_domain)
+
+    msg = EmailMessage(policy=POLICY_UTF8 if utf8 else POLICY)
+    msg["From"] = from_.header
+    msg["To"] = [c.header for c in to_list]
+    if cc_list:
+        msg["Cc"] = [c.header for c in cc_list]
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date or datetime.now(UTC))
+    msg["Message-ID"] = message_id
+    msg["X-Eventmail-Rule"] = rule_id
+    msg["X-Eventmail-Event"] = event_id
+    msg["Auto-Submitted"] = "auto-generated"
+    # The header parser decodes encoded words ("=?utf-8?q?...?="): check what it made of the subject.
+    _check_text("subject", str(msg["Subject"]), MAX_SUBJECT_CHARS * 4)
+    for header, field in (("From", "sender"), ("To", "to"), ("Cc", "cc")):
+        parsed = msg[header]
+        for i, parsed_address in enumerate(getattr(parsed, "addresses", ()) if parsed else ()):
+            where = field if header == "From" else f"{field}[{i}]"
+            _check_text(f"{where}.name", parsed_address.display_name, MAX_NAME_CHARS * 4)
+    _set_body(msg, rendered)
+    data = _serialize(msg)
+    return BuiltMessage(
+        message=msg,
+        data=data,
+        sender=from_.envelope,
+        recipients=_dedupe(c.envelope for c in [*to_list, *cc_list, *bcc_list]),
+        message_id=message_id,
+        to=tuple(c.envelope for c in to_list),
+        cc=tuple(c.envelope for c in cc_list),
+        bcc=tuple(c.envelope for c in bcc_list),
+    )
+
+
+def _set_body(msg: EmailMessage, rendered: Rendered) -> None:
+    if rendered.html is not None and rendered.text is not None:
+        msg.set_content(rendered.text, subtype="plain", charset="utf-8")
+        msg.add_alternative(rendered.html, subtype="html", charset="utf-8")
+    elif rendered.html is not None:
+        msg.set_content(rendered.html, subtype="html", charset="utf-8")
+    else:
+        msg.set_content(rendered.text or "", subtype="plain", charset="utf-8")
+
+
+_EXPECTED = {
+    "from",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "x-eventmail-rule",
+    "x-eventmail-event",
+    "auto-submitted",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+}
+
+
+def _serialize(msg: EmailMessage) -> bytes:
+    try:
+        data = msg.as_bytes()
+    except Exception as exc:  # e.g. email.errors.HeaderWriteError on a header that would inject
+        raise MessageError("headers", f"cannot be written safely: {exc}") from None
+    header_block = data.split(b"\r\n\r\n", 1)[0]
+    names = [
+        line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+        for line in header_block.split(b"\r\n")
+        if line and line[:1] not in (b" ", b"\t")
+    ]
+    unexpected = [name for name in names if name not in _EXPECTED]
+    if unexpected or len(names) != len(set(names)):
+        raise MessageError("headers", f"unexpected header in the message: {(unexpected or names)[0]!r}")
+    return data

@@ -1,0 +1,243 @@
+"""One SMTP session on aiosmtplib: open it (connect, EHLO, STARTTLS or implicit TLS, AUTH), run a mail
+transaction on it, and turn whatever went wrong into a transient or permanent send error.
+
+Timeouts come from ``SmtpSettings``: connecting (including the banner and the TLS handshake), each
+command, and the DATA phase. With ``encryption: tls`` a server that does not offer STARTTLS is an
+error, never a silent fall back to clear text. Certificates are verified unless the connection says
+``verify_tls: false``. The password is handed to AUTH and nowhere else: error texts carry the server's
+reply, not what was sent.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+from aiosmtplib import SMTP, SMTPResponse
+
+from consumer.mail.errors import (
+    ConnectionDroppedError,
+    PermanentSendError,
+    Refusal,
+    SendError,
+    SendTimeoutError,
+    TransientSendError,
+)
+from consumer.mail.params import ConnectionParams
+from consumer.settings import Encryption, SmtpSettings
+
+Trace = Callable[[str], None]
+
+
+def _no_trace(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    command: float
+    data: float
+
+    @classmethod
+    def from_settings(cls, settings: SmtpSettings) -> Timeouts:
+        return cls(
+            settings.connect_timeout_seconds,
+            settings.command_timeout_seconds,
+            settings.data_timeout_seconds,
+        )
+
+
+async def open_session(
+    params: ConnectionParams,
+    timeouts: Timeouts,
+    tls_context: ssl.SSLContext | None,
+    local_hostname: str,
+    trace: Trace = _no_trace,
+) -> SMTP:
+    """A connected, greeted, encrypted (as configured) and authenticated client."""
+    implicit = params.encryption is Encryption.SSL
+    client = SMTP(
+        hostname=params.host,
+        port=params.port,
+        use_tls=implicit,
+        start_tls=False,
+        tls_context=tls_context if implicit else None,
+        timeout=timeouts.command,
+        local_hostname=local_hostname,
+    )
+    try:
+        banner = await client.connect(timeout=timeouts.connect)
+        trace(f"connected to {params.address}: {_reply(banner)}")
+        if implicit:
+            trace(f"TLS (implicit): {_tls_description(client)}")
+        await client.ehlo(timeout=timeouts.command)
+        if params.encryption is Encryption.TLS:
+            if not client.supports_extension("starttls"):
+                raise PermanentSendError(
+                    f"{params.address} does not offer STARTTLS (encryption: tls); not sending in clear text",
+                    connection=params.name,
+                    reason="tls",
+                )
+            await client.starttls(tls_context=tls_context, timeout=timeouts.connect)
+            trace(f"STARTTLS: {_tls_description(client)}")
+            await client.ehlo(timeout=timeouts.command)
+        if params.login:
+            reply = await client.login(params.login, params.secret() or "", timeout=timeouts.command)
+            trace(f"authenticated as {params.login}: {_reply(reply)}")
+    except BaseException as exc:
+        client.close()
+        if isinstance(exc, SendError):
+            raise
+        if isinstance(exc, Exception):
+            raise classify(exc, params, during="connecting") from None
+        raise
+    return client
+
+
+def _reply(response: SMTPResponse) -> str:
+    return f"{response.code} {response.message}".strip()
+
+
+def _tls_description(client: SMTP) -> str:
+    try:
+        sslobj = client.get_transport_info("ssl_object")
+    except aiosmtplib.SMTPServerDisconnected:
+        sslobj = None
+    if sslobj is None:
+        return "established"
+    cipher = sslobj.cipher()
+    return f"{sslobj.version()} {cipher[0] if cipher else ''}".strip()
+
+
+@dataclass(frozen=True)
+class Delivered:
+    code: int
+    reply: str
+    accepted: tuple[str, ...]
+    refused: dict[str, Refusal]
+
+
+async def transaction(
+    client: SMTP,
+    params: ConnectionParams,
+    timeouts: Timeouts,
+    sender: str,
+    recipients: Sequence[str],
+    data: bytes,
+    smtputf8: bool,
+) -> Delivered:
+    """MAIL, RCPT per recipient, DATA. Recipients refused while others were accepted are reported in
+    the result; when every recipient is refused the whole transaction fails."""
+    options: list[str] = []
+    encoding = "ascii"
+    if smtputf8:
+        if not client.supports_extension("smtputf8"):
+            raise PermanentSendError(
+                "an address is not ASCII and the server does not offer SMTPUTF8",
+                connection=params.name,
+                reason="unsupported",
+            )
+        options.append("SMTPUTF8")
+        encoding = "utf-8"
+    if client.supports_extension("size"):
+        options.append(f"SIZE={len(data)}")
+    await client.mail(sender, options=options, encoding=encoding, timeout=timeouts.command)
+    refused: dict[str, Refusal] = {}
+    accepted: list[str] = []
+    for recipient in recipients:
+        try:
+            await client.rcpt(recipient, encoding=encoding, timeout=timeouts.command)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            refused[recipient] = Refusal(exc.code, exc.message)
+        else:
+            accepted.append(recipient)
+    if not accepted:
+        await reset(client, timeouts)
+        raise _all_refused(params, refused)
+    response = await client.data(data, timeout=timeouts.data)
+    return Delivered(response.code, response.message, tuple(accepted), refused)
+
+
+def _all_refused(params: ConnectionParams, refused: dict[str, Refusal]) -> SendError:
+    first = next(iter(refused.values()))
+    text = "; ".join(f"{address}: {refusal}" for address, refusal in refused.items())
+    message = f"every recipient was refused ({text})"
+    if all(r.permanent for r in refused.values()):
+        return PermanentSendError(
+            message,
+            connection=params.name,
+            code=first.code,
+            reply=first.message,
+            reason="smtp_5xx",
+            refused=refused,
+        )
+    temporary = next(r for r in refused.values() if not r.permanent)
+    return TransientSendError(
+        message,
+        connection=params.name,
+        code=temporary.code,
+        reply=temporary.message,
+        reason="recipients_4xx",
+        refused=refused,
+    )
+
+
+async def reset(client: SMTP, timeouts: Timeouts) -> bool:
+    """RSET after a failed transaction; True when the session is still usable."""
+    if not client.is_connected:
+        return False
+    try:
+        response = await client.rset(timeout=timeouts.command)
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
+        return False
+    return response.code == 250 and client.is_connected
+
+
+def _cause_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def classify(exc: Exception, params: ConnectionParams, during: str = "sending") -> SendError:
+    """The send error for an exception raised by aiosmtplib or the socket layer."""
+    name = params.name
+    if isinstance(exc, SendError):
+        return exc
+    chain = _cause_chain(exc)
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
+        detail = next(e for e in chain if isinstance(e, ssl.SSLCertVerificationError))
+        return PermanentSendError(
+            f"TLS certificate of {params.address} not trusted: {getattr(detail, 'verify_message', detail)}",
+            connection=name,
+            reason="tls",
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        code, reply = exc.code, exc.message
+        what = f"{during}: server replied {code} {reply}".strip()
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            what = f"authentication failed: {code} {reply}".strip()
+        if 500 <= code < 600:
+            reason = "auth" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else "smtp_5xx"
+            return PermanentSendError(what, connection=name, code=code, reply=reply, reason=reason)
+        return TransientSendError(what, connection=name, code=code, reply=reply, reason="smtp_4xx")
+    if isinstance(exc, TimeoutError):
+        return SendTimeoutError(f"timed out {during} ({params.address}): {exc}", connection=name)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return PermanentSendError(f"{during}: {exc}", connection=name, reason="unsupported")
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return PermanentSendError(f"TLS with {params.address} failed: {exc}", connection=name, reason="tls")
+    if isinstance(exc, ConnectionError | OSError):
+        return ConnectionDroppedError(f"connection to {params.address} lost {during}: {exc}", connection=name)
+    if isinstance(exc, aiosmtplib.SMTPException):
+        return PermanentSendError(f"{during}: {exc}", connection=name, reason="smtp")
+    if isinstance(exc, ValueError):
+        return PermanentSendError(f"{during}: {exc}", connection=name, reason="invalid")
+    return TransientSendError(f"{during}: {type(exc).__name__}: {exc}", connection=name, reason="unknown")

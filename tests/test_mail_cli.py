@@ -1,0 +1,131 @@
+"""``eventmail smtp test`` against real SMTP servers: success, the server's reply on failure, manual
+parameters with STARTTLS and AUTH, and the password never shown."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from consumer.cli.main import _mount, cli
+from tests.clirun import run_cli
+from tests.support.smtp import CertificateAuthority, SMTPServerFactory, SMTPTestServer
+
+
+def esp_env(server: SMTPTestServer, **extra: object) -> dict[str, str]:
+    connection = {"host": server.host, "port": server.port, "encryption": "none", **extra}
+    return {"EVENTMAIL_ESP_CONNECTIONS": json.dumps({"default": connection})}
+
+
+def test_send_through_a_named_connection(smtp_server: SMTPTestServer) -> None:
+    result = run_cli(
+        ["smtp", "test", "--connection", "default", "--to", "ops@example.com", "--from", "sales@example.com"],
+        esp_env(smtp_server),
+    )
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0] == f"connection default: {smtp_server.address}, encryption none, login (none)"
+    assert lines[1].startswith(f"connected to {smtp_server.address}: 220 ")
+    assert lines[2] == "accepted: 250 2.0.0 OK: queued"
+    assert lines[3].startswith("sent <")
+    assert " to ops@example.com in " in lines[3]
+    [received] = smtp_server.wait_for(1)
+    assert received.subject == "eventmail test message"
+    assert received.mail_from == "sales@example.com"
+    assert received.rcpt_tos == ["ops@example.com"]
+    assert received.message_id is not None
+    assert received.message_id in lines[3]
+
+
+def test_failure_exits_1_with_the_servers_reply(smtp_server_factory: SMTPServerFactory) -> None:
+    server = smtp_server_factory("reject")
+    result = run_cli(
+        ["smtp", "test", "--connection", "default", "--to", "ops@example.com", "--from", "s@example.com"],
+        esp_env(server),
+    )
+    assert result.code == 1
+    assert result.err.strip().splitlines() == [
+        "eventmail: smtp test failed: default: sending: server replied 550 5.7.1 Message rejected"
+    ]
+    assert "connected to" in result.out
+    assert server.attempts == 1
+    assert not server.messages
+
+
+def test_refused_recipient_exits_1(smtp_server_factory: SMTPServerFactory) -> None:
+    server = smtp_server_factory("reject_rcpt", reject_rcpt=["gone@example.com"])
+    args = ["smtp", "test", "--connection", "default", "--from", "s@example.com"]
+    result = run_cli([*args, "--to", "ops@example.com", "--to", "gone@example.com"], esp_env(server))
+    assert result.code == 1
+    assert "refused: gone@example.com: 550 5.1.1 <gone@example.com>: Recipient address rejected" in result.out
+    assert "1 recipient(s) refused" in result.err
+    assert [m.rcpt_tos for m in server.wait_for(1)] == [["ops@example.com"]]
+
+
+def test_manual_parameters_with_starttls_auth_and_a_private_ca(
+    smtp_server_factory: SMTPServerFactory, smtp_ca: CertificateAuthority
+) -> None:
+    server = smtp_server_factory(
+        "starttls", users={"mailer@example.com": "pw-secret-9"}, require_starttls=True
+    )
+    args = ["smtp", "test", "--host", server.host, "--port", str(server.port), "--encryption", "tls"]
+    args += ["--login", "mailer@example.com", "--to", "ops@example.com", "--ca-file", str(smtp_ca.ca_pem)]
+    result = run_cli(args, {"EVENTMAIL_SMTP_PASSWORD": "pw-secret-9"})
+    assert result.code == 0, result.err
+    assert "STARTTLS: TLSv1" in result.out
+    assert "authenticated as mailer@example.com: 235" in result.out
+    assert "pw-secret-9" not in result.out + result.err
+    [received] = server.wait_for(1)
+    assert received.tls == "starttls"
+    assert received.auth_login == "mailer@example.com"
+    assert received.mail_from == "mailer@example.com"  # the login is an address: the default sender
+
+
+def test_wrong_password_from_the_hidden_prompt(smtp_server_factory: SMTPServerFactory) -> None:
+    server = smtp_server_factory("auth", users={"mailer": "right"})
+    _mount()
+    runner = CliRunner()
+    args = ["smtp", "test", "--host", server.host, "--port", str(server.port), "--encryption", "none"]
+    args += ["--login", "mailer", "--to", "ops@example.com", "--from", "s@example.com"]
+    result = runner.invoke(cli, args, input="typed-wrong-pw\n", env={"EVENTMAIL_SMTP_PASSWORD": None})
+    assert result.exit_code == 1
+    assert "SMTP password for mailer" in result.output
+    assert "authentication failed: 535" in result.stderr
+    assert "typed-wrong-pw" not in result.output
+    # aiosmtplib tries each offered mechanism (PLAIN, LOGIN) before giving up
+    assert {(a.login, a.success) for a in server.auth_attempts} == {("mailer", False)}
+
+
+def test_untrusted_certificate_and_insecure(smtp_server_factory: SMTPServerFactory) -> None:
+    server = smtp_server_factory("ssl")
+    args = ["smtp", "test", "--host", server.host, "--port", str(server.port), "--encryption", "ssl"]
+    args += ["--to", "ops@example.com", "--from", "s@example.com"]
+    refused = run_cli(args)
+    assert refused.code == 1
+    assert "TLS certificate" in refused.err
+    assert "not trusted" in refused.err
+    insecure = run_cli([*args, "--insecure"])
+    assert insecure.code == 0, insecure.err
+    assert "verify off" in insecure.out
+    assert "TLS (implicit)" in insecure.out
+    assert len(server.wait_for(1)) == 1
+
+
+def test_usage_errors() -> None:
+    unknown = run_cli(["smtp", "test", "--connection", "nope", "--to", "a@example.com"])
+    assert unknown.code == 1
+    assert "no ESP connection named 'nope'" in unknown.err
+    both = run_cli(["smtp", "test", "--connection", "x", "--host", "h", "--to", "a@example.com"])
+    assert both.code == 2
+    assert "not both" in both.err
+    neither = run_cli(["smtp", "test", "--to", "a@example.com"])
+    assert neither.code == 2
+    assert "--connection NAME" in neither.err
+    manual = ["smtp", "test", "--host", "127.0.0.1", "--encryption", "none"]
+    bad_to = run_cli([*manual, "--to", "not-an-address", "--from", "s@example.com"])
+    assert bad_to.code == 1
+    assert "to[0].email: 'not-an-address' is not a valid address" in bad_to.err
+    no_from = run_cli([*manual, "--to", "a@example.com"], {"EVENTMAIL_ALERTS__SENDER": "eventmail@localhost"})
+    assert no_from.code == 1
+    assert "sender.email" in no_from.err
+    assert "pass --from ADDR" in no_from.err
