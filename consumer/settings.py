@@ -71,6 +71,8 @@ class EspConnection(BaseModel):
     password: SecretStr | None = None
     #: Certificate verification; turn off only for an internal relay with a private certificate.
     verify_tls: bool = True
+    #: A PEM file of CA certificates to trust for this server instead of the system store.
+    ca_file: str | None = None
     max_connections: int = Field(default=8, ge=1, le=256)
     #: Messages per second the ESP accepts on this connection (None: no limit).
     rate_limit_per_second: float | None = Field(default=None, gt=0)
@@ -106,6 +108,9 @@ class SmtpSettings(BaseModel):
     retry_max_seconds: float = Field(default=30.0, gt=0)
     circuit_failures: int = Field(default=5, ge=1)
     circuit_open_seconds: float = Field(default=30.0, gt=0)
+    #: A PEM file of CA certificates trusted for every connection without a ca_file of its own
+    #: (a private CA of the company's relays and of rules' manual connections).
+    ca_file: str | None = None
 
 
 class PipelineSettings(BaseModel):

@@ -7,7 +7,7 @@ import importlib
 import click
 
 #: Modules under consumer/cli that add commands.
-COMMAND_MODULES: tuple[str, ...] = ("logs", "rules", "placeholders")
+COMMAND_MODULES: tuple[str, ...] = ("run", "logs", "rules", "placeholders", "aggregate", "usage", "smtp")
 
 
 def register(group: click.Group) -> None:

@@ -15,6 +15,7 @@ from confluent_kafka import Message
 from consumer.errors import CodecError
 from consumer.events.codec import EventDecoder
 from consumer.events.model import Event
+from consumer.events.registry import RegistryUnavailableError
 from consumer.events.triggers import Platform
 from consumer.observability.metrics import (
     BILLABLE_EVENTS,
@@ -89,7 +90,7 @@ class RecordProcessor:
         topic, partition, offset = position(msg)
         platform = self.platforms[topic]
         try:
-            event = self.decoder.decode(platform, msg.value(), _headers(msg))
+            event = await self._decode(platform, msg)
         except CodecError as exc:
             DECODE_FAILURES.labels(platform=platform.value).inc()
             await self.dead_letter(msg, str(exc))
@@ -111,6 +112,18 @@ class RecordProcessor:
                 continue
             work.append(self.deliver(event, rule, origin, attempts_before=0, first_failed_at=None))
         await asyncio.gather(*work)
+
+    async def _decode(self, platform: Platform, msg: Message) -> Event:
+        """Decode; while the Schema Registry is unreachable, wait and try again (backpressure: the
+        partition's commits stop here) instead of sending good records to the DLQ."""
+        delay = 0.5
+        while True:
+            try:
+                return self.decoder.decode(platform, msg.value(), _headers(msg))
+            except RegistryUnavailableError as exc:
+                log.warning("schema registry unavailable; retrying", extra={"error": str(exc)[:300]})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     # --- retries --------------------------------------------------------------------------------------
     async def process_retry(self, msg: Message) -> None:

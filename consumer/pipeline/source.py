@@ -225,7 +225,8 @@ class SourceConsumer:
     def stop(self, timeout: float) -> None:
         """Stop fetching; the owner drains, then calls :meth:`close`."""
         self._stop.set()
-        self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)
 
     def close(self, drain_timeout: float) -> None:
         """After the loop stopped: drain everything, commit synchronously, leave the group."""

@@ -1,0 +1,139 @@
+"""Start-up and shutdown of ``eventmail run``.
+
+Start: settings are valid -> HTTP endpoint -> rule store reads the rules topic to its end ->
+producers -> the source thread joins the group. Stop (SIGTERM/SIGINT): stop fetching, drain
+in-flight work within the grace period, flush outcomes, commit, leave the group, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from consumer.events.codec import EventDecoder
+from consumer.events.registry import registry_lookup
+from consumer.observability.http import HealthServer
+from consumer.pipeline.deliver import MailDeliverer
+from consumer.pipeline.handoff import RetryHandoff
+from consumer.pipeline.producer import AsyncProducer
+from consumer.pipeline.records import RecordProcessor
+from consumer.pipeline.service import Pipeline, install_signal_handlers, set_ready
+from consumer.pipeline.source import SourceConsumer
+from consumer.rules.store import RuleStore
+from consumer.settings import Settings
+
+log = logging.getLogger(__name__)
+DEFAULT_PORT = 9400
+
+
+async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    install_signal_handlers(loop, stop)
+    fatal: list[str] = []
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        loop.call_soon_threadsafe(stop.set)
+
+    producer = AsyncProducer(settings.kafka_config(), name="outcomes")
+    handoff = RetryHandoff(settings.kafka_config(), settings.group_id)
+    deliverer = MailDeliverer(settings)
+    store = RuleStore(settings, on_error=lambda *args: _config_error(loop, processor, *args))
+    processor = RecordProcessor(
+        settings,
+        EventDecoder(settings.pipeline.input_format, registry_lookup(settings.schema_registry)),
+        lambda: store.index,
+        deliverer,
+        producer,
+        handoff,
+        lambda tp, offset: pipeline.already_delivered(tp, offset),
+    )
+    pipeline = Pipeline(settings, loop, processor)
+    source = SourceConsumer(
+        settings.kafka_config(**{"group.id": settings.group_id}),
+        [settings.topics.lms, settings.topics.call_logic],
+        settings.topics.retry,
+        pipeline,
+        max_pending=settings.pipeline.max_in_flight,
+        max_retry_pending=settings.pipeline.max_retry_pending,
+        commit_interval=settings.pipeline.commit_interval_seconds,
+        drain_timeout=settings.pipeline.drain_timeout_seconds,
+        on_fatal=on_fatal,
+    )
+    beat = {"loop": time.monotonic()}
+
+    def healthy() -> tuple[bool, dict[str, object]]:
+        loop_ok = time.monotonic() - beat["loop"] < 30
+        return loop_ok and source.alive() and not fatal, {"loop": loop_ok, "source": source.alive()}
+
+    def ready() -> tuple[bool, dict[str, object]]:
+        details: dict[str, object] = {
+            "rules_loaded": store.ready,
+            "assignment_received": source.assignment_received.is_set(),
+            "broker_reachable": source.broker_reachable,
+        }
+        ok = all(bool(v) for v in details.values()) and not fatal
+        set_ready("run", ok)
+        return ok, details
+
+    http = HealthServer(settings.http.host, _port(settings), healthy, ready).start()
+    log.info("eventmail run starting", extra={"http_port": http.port, "group_id": settings.group_id})
+    store.start()
+    try:
+        while not stop.is_set() and not await asyncio.to_thread(store.wait_ready, 0.5):
+            pass  # the rules topic is read to its end before any event is taken
+        if not stop.is_set():
+            source.start()
+        while not stop.is_set():
+            beat["loop"] = time.monotonic()
+            if pipeline.fatal:
+                fatal.append(pipeline.fatal)
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        log.info("stopping: draining in-flight work", extra={"in_flight": pipeline.in_flight()})
+        grace = settings.pipeline.drain_timeout_seconds
+        await asyncio.to_thread(source.stop, 10.0)
+        await asyncio.to_thread(source.close, grace)
+        await _cancel_leftovers(pipeline)
+        await asyncio.to_thread(producer.close, 30.0)
+        handoff.close()
+        await deliverer.close()
+        store.close()
+        http.stop()
+        set_ready("run", False)
+    if fatal:
+        log.error("eventmail run stopped on a fatal error", extra={"error": fatal[0]})
+        return 1
+    log.info("eventmail run stopped cleanly")
+    return 0
+
+
+async def _cancel_leftovers(pipeline: Pipeline) -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    _ = pipeline
+
+
+def _config_error(loop: asyncio.AbstractEventLoop, processor: RecordProcessor, *args: Any) -> None:
+    """The rule store found an invalid record: write a config_error outcome (from the store's thread)."""
+    from consumer.outcomes.model import Outcome, OutcomeStatus, SourcePosition
+
+    rule_id, message, topic, partition, offset = args
+    outcome = Outcome(
+        rule_id=rule_id,
+        status=OutcomeStatus.CONFIG_ERROR,
+        error=message,
+        source=SourcePosition(topic=topic, partition=partition, offset=offset),
+    )
+    asyncio.run_coroutine_threadsafe(processor.write_outcome(outcome), loop)
+
+
+def _port(settings: Settings) -> int:
+    return settings.http.port if settings.http.port is not None else DEFAULT_PORT
