@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 class EspSender:
     """Sends through one ESP connection of the deployment."""
 
-    def __init__(self, name: str, connection: EspConnection, transport: Transport) -> None:
-        self.params = ConnectionParams.from_esp(name, connection)
+    def __init__(
+        self, name: str, connection: EspConnection, transport: Transport, ca_file: str | None = None
+    ) -> None:
+        self.params = ConnectionParams.from_esp(name, connection, ca_file=connection.ca_file or ca_file)
         self.transport = transport
 
     async def send(self, message: EmailMessage, sender: str, recipients: list[str]) -> None:
@@ -43,4 +45,4 @@ def alert_sender(settings: Settings) -> EspSender | None:
     connection = settings.esp_connections.get(name)
     if connection is None:
         return None
-    return EspSender(name, connection, Transport(settings.smtp))
+    return EspSender(name, connection, Transport(settings.smtp), ca_file=settings.smtp.ca_file)

@@ -112,7 +112,8 @@ class SourceConsumer:
             for pid, pstats in tstats.get("partitions", {}).items():
                 if pid == "-1" or (topic, int(pid)) not in self._assigned:
                     continue
-                lag = pstats.get("consumer_lag_stored", pstats.get("consumer_lag", -1))
+                # Offsets are committed explicitly (never stored): the lag is measured from the committed one.
+                lag = pstats.get("consumer_lag", -1)
                 if lag is not None and lag >= 0:
                     CONSUMER_LAG.labels(topic=topic, partition=pid).set(lag)
 
@@ -235,4 +236,7 @@ class SourceConsumer:
         self._consumer.close()
 
     def alive(self, stale_after: float = 30.0) -> bool:
+        """False only when the loop was started and died or stalls; waiting to start is alive."""
+        if self._thread.ident is None:
+            return not self._stop.is_set()
         return self._thread.is_alive() and time.monotonic() - self.last_loop < stale_after
