@@ -12,6 +12,9 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
+#: (topic, key, value) of one record.
+Record = tuple[str, bytes, bytes]
+
 
 class RetryHandoff:
     def __init__(self, config: dict[str, Any], group_id: str) -> None:
@@ -21,42 +24,19 @@ class RetryHandoff:
         self._lock = asyncio.Lock()
         self._initialised = False
 
-    async def handoff(
-        self,
-        retry_topic: str,
-        retry_key: bytes,
-        retry_value: bytes,
-        outcome_topic: str,
-        outcome_key: bytes,
-        outcome_value: bytes,
-    ) -> None:
+    async def handoff(self, retry: Record, outcome: Record) -> None:
+        """Write ``retry`` and ``outcome`` (each ``(topic, key, value)``) in one transaction."""
         async with self._lock:
-            await asyncio.to_thread(
-                self._transaction,
-                retry_topic,
-                retry_key,
-                retry_value,
-                outcome_topic,
-                outcome_key,
-                outcome_value,
-            )
+            await asyncio.to_thread(self._transaction, (retry, outcome))
 
-    def _transaction(
-        self,
-        retry_topic: str,
-        retry_key: bytes,
-        retry_value: bytes,
-        outcome_topic: str,
-        outcome_key: bytes,
-        outcome_value: bytes,
-    ) -> None:
+    def _transaction(self, records: tuple[Record, ...]) -> None:
         if not self._initialised:
             self._producer.init_transactions(60)
             self._initialised = True
         self._producer.begin_transaction()
         try:
-            self._producer.produce(retry_topic, key=retry_key, value=retry_value)
-            self._producer.produce(outcome_topic, key=outcome_key, value=outcome_value)
+            for topic, key, value in records:
+                self._producer.produce(topic, key=key, value=value)
             self._producer.commit_transaction(60)
         except KafkaException:
             try:

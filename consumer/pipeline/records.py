@@ -186,7 +186,7 @@ class RecordProcessor:
                 )
             finally:
                 MAILS_IN_FLIGHT.dec()
-        connection = result.connection or "unknown"
+        connection = _metric_label(result.connection)
         status = OutcomeStatus.SENT
         if result.verdict is Verdict.SENT:
             MAILS_SENT.labels(connection=connection).inc()
@@ -206,12 +206,8 @@ class RecordProcessor:
                 MAILS_RETRIED.labels(connection=connection, reason=result.reason or "transient").inc()
                 outcome = self._outcome(event, rule, result, OutcomeStatus.RETRYING, origin)
                 await self.handoff.handoff(
-                    self.topics.retry,
-                    event.event_id.encode(),
-                    retry.encode(),
-                    self.topics.outcomes,
-                    rule.rule_id.encode(),
-                    encode_outcome(outcome),
+                    (self.topics.retry, event.event_id.encode(), retry.encode()),
+                    (self.topics.outcomes, rule.rule_id.encode(), encode_outcome(outcome)),
                 )
                 OUTCOMES_WRITTEN.labels(status=OutcomeStatus.RETRYING.value).inc()
                 return
@@ -272,6 +268,14 @@ def _headers(msg: Message) -> list[tuple[str, bytes | str | None]]:
     if isinstance(raw, dict):
         return list(raw.items())
     return list(raw)
+
+
+def _metric_label(connection: str | None) -> str:
+    """A bounded label: ``esp:NAME`` as it is (names come from the deployment), every manual
+    connection as ``manual`` (its host comes from rules, which are unbounded)."""
+    if connection is None:
+        return "unknown"
+    return "manual" if connection.startswith("manual:") else connection
 
 
 def _age_seconds(event: Event) -> float:
