@@ -7,7 +7,16 @@ import importlib
 import click
 
 #: Modules under consumer/cli that add commands.
-COMMAND_MODULES: tuple[str, ...] = ("run", "logs", "rules", "placeholders", "aggregate", "usage", "smtp")
+COMMAND_MODULES: tuple[str, ...] = (
+    "run",
+    "logs",
+    "rules",
+    "placeholders",
+    "aggregate",
+    "usage",
+    "smtp",
+    "demo",
+)
 
 
 def register(group: click.Group) -> None:

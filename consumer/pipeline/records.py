@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -84,22 +84,61 @@ class RecordProcessor:
         self.handoff = handoff
         self.already_delivered = already_delivered
         self.mail_slots = asyncio.Semaphore(settings.pipeline.max_in_flight)
+        self._consumed: dict[tuple[Platform, str], Any] = {}
 
     # --- events ---------------------------------------------------------------------------------------
-    async def process_event(self, msg: Message) -> None:
-        topic, partition, offset = position(msg)
+    def start_event(self, msg: Message, topic: str) -> Coroutine[Any, Any, None] | None:
+        """Decode and match an event record (of ``topic``) synchronously: None when that is all it
+        needs (no rule matched), else the coroutine that finishes it (deliveries, the DLQ, or decoding
+        again later while the Schema Registry is unavailable). Same effects as :meth:`process_event`,
+        without a task for the records that match nothing."""
         platform = self.platforms[topic]
         try:
-            event = await self._decode(platform, msg)
+            event = self.decoder.decode(platform, msg.value(), _headers(msg))
+        except RegistryUnavailableError as exc:
+            return self._process_decoded(msg, platform, self._decode_later(platform, msg, exc))
         except CodecError as exc:
-            DECODE_FAILURES.labels(platform=platform.value).inc()
-            await self.dead_letter(msg, str(exc))
-            return
-        EVENTS_CONSUMED.labels(platform=platform.value, trigger=event.trigger).inc()
-        matched = self.rules().match(event)
+            return self._rejected(msg, platform, exc)
+        matched = self._match(platform, event)
         if not matched:
+            return None
+        return self._deliver_matched(msg, event, matched)
+
+    async def process_event(self, msg: Message) -> None:
+        topic, _, _ = position(msg)
+        platform = self.platforms[topic]
+        await self._process_decoded(msg, platform, self._decode(platform, msg))
+
+    async def _process_decoded(
+        self, msg: Message, platform: Platform, decoding: Coroutine[Any, Any, Event]
+    ) -> None:
+        try:
+            event = await decoding
+        except CodecError as exc:
+            await self._rejected(msg, platform, exc)
             return
-        RULES_MATCHED.labels(platform=platform.value, trigger=event.trigger).inc(len(matched))
+        matched = self._match(platform, event)
+        if matched:
+            await self._deliver_matched(msg, event, matched)
+
+    def _match(self, platform: Platform, event: Event) -> Sequence[Any]:
+        """The rules the event triggers, counted in the consumed and matched metrics."""
+        key = (platform, event.trigger)
+        consumed = self._consumed.get(key)
+        if consumed is None:  # label children are looked up once per (platform, trigger): a bounded set
+            consumed = self._consumed[key] = EVENTS_CONSUMED.labels(platform=platform.value, trigger=key[1])
+        consumed.inc()
+        matched = self.rules().match(event)
+        if matched:
+            RULES_MATCHED.labels(platform=platform.value, trigger=key[1]).inc(len(matched))
+        return matched
+
+    async def _rejected(self, msg: Message, platform: Platform, exc: CodecError) -> None:
+        DECODE_FAILURES.labels(platform=platform.value).inc()
+        await self.dead_letter(msg, str(exc))
+
+    async def _deliver_matched(self, msg: Message, event: Event, matched: Sequence[Any]) -> None:
+        topic, partition, offset = position(msg)
         origin = SourcePosition(topic=topic, partition=partition, offset=offset)
         done = self.already_delivered((topic, partition), offset)
         work: list[Awaitable[None]] = []
@@ -116,14 +155,22 @@ class RecordProcessor:
     async def _decode(self, platform: Platform, msg: Message) -> Event:
         """Decode; while the Schema Registry is unreachable, wait and try again (backpressure: the
         partition's commits stop here) instead of sending good records to the DLQ."""
+        try:
+            return self.decoder.decode(platform, msg.value(), _headers(msg))
+        except RegistryUnavailableError as exc:
+            return await self._decode_later(platform, msg, exc)
+
+    async def _decode_later(self, platform: Platform, msg: Message, error: RegistryUnavailableError) -> Event:
+        """The retries of :meth:`_decode` after its first attempt failed with ``error``."""
         delay = 0.5
         while True:
+            log.warning("schema registry unavailable; retrying", extra={"error": str(error)[:300]})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
             try:
                 return self.decoder.decode(platform, msg.value(), _headers(msg))
             except RegistryUnavailableError as exc:
-                log.warning("schema registry unavailable; retrying", extra={"error": str(exc)[:300]})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                error = exc
 
     # --- retries --------------------------------------------------------------------------------------
     async def process_retry(self, msg: Message) -> None:
@@ -271,11 +318,13 @@ def _headers(msg: Message) -> list[tuple[str, bytes | str | None]]:
 
 
 def _metric_label(connection: str | None) -> str:
-    """A bounded label: ``esp:NAME`` as it is (names come from the deployment), every manual
-    connection as ``manual`` (its host comes from rules, which are unbounded)."""
+    """The ``connection`` label, as the transport's metrics use it: the ESP connection's name, or
+    ``manual`` for every manual connection (their hosts come from rules: an unbounded set)."""
     if connection is None:
         return "unknown"
-    return "manual" if connection.startswith("manual:") else connection
+    if connection.startswith("esp:"):
+        return connection[len("esp:") :]
+    return "manual"
 
 
 def _age_seconds(event: Event) -> float:
