@@ -25,8 +25,8 @@ install: $(VENV)/.installed ## a .venv with eventmail and its development tools
 tools: ## helm, kubeconform and the PromQL rule checker (go install, cached in .cache/bin)
 	deploy/helm/install-tools.sh
 
-test: install tools ## everything: unit, property, integration (real Kafka, real SMTP), helm checks
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: install tools ## unit, property, integration (real Kafka, real SMTP), helm checks, short chaos runs
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install ## ruff (lint + format check) and mypy --strict on consumer/
 	$(BIN)/ruff check consumer tests bench
@@ -56,7 +56,7 @@ demo: install kafka-up ## everything local: Kafka, an SMTP sink, sample rules an
 bench: install kafka-up ## benchmarks; QUICK=1 for a short run
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
-chaos: install ## the long reliability suite
+chaos: install ## the long reliability suite (kill -9, broker restart, SMTP outages); figures in docs/reliability.md
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 clean:

@@ -100,7 +100,11 @@ def test_retry_record_round_trip() -> None:
     assert RetryRecord.decode(record.encode()) == record
 
 
-@pytest.mark.parametrize("value", [None, b"", b"{}", b'{"platform": "lms"}', b"\xff"])
+@pytest.mark.parametrize(
+    "value",
+    [None, b"", b"{}", b'{"platform": "lms"}', b"\xff", b"[1]", b"7", b"[" * 100_000 + b"]" * 100_000],
+    ids=["none", "empty", "empty-object", "partial", "not-utf8", "array", "number", "nesting-bomb"],
+)
 def test_bad_retry_records_are_codec_errors(value: bytes | None) -> None:
     with pytest.raises(CodecError):
         RetryRecord.decode(value)

@@ -97,6 +97,7 @@ async def test_starttls_upgrades_and_is_verified_against_the_test_ca(
     assert received.tls_version is not None
     assert received.tls_version.startswith("TLS")
     assert server.connections == 1  # the upgrade is not a second connection
+    await server.wait_idle_async()  # the client's TLS shutdown ran to its end in this test's loop
 
 
 async def test_require_starttls_refuses_mail_in_clear(smtp_server_factory: SMTPServerFactory) -> None:
@@ -117,6 +118,7 @@ async def test_implicit_tls_with_the_ca_bundle(
     [received] = await server.wait_for_async(1)
     assert received.tls == "ssl"
     assert received.tls_version is not None
+    await server.wait_idle_async()
 
 
 async def test_implicit_tls_is_not_trusted_without_the_ca(smtp_server_factory: SMTPServerFactory) -> None:
@@ -176,6 +178,7 @@ async def test_auth_over_starttls_only(
 
     [received] = await server.wait_for_async(1)
     assert (received.tls, received.auth_login) == ("starttls", "u")
+    await server.wait_idle_async()
 
 
 STAGE_ERRORS: dict[str, type[aiosmtplib.SMTPException]] = {

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -66,7 +66,7 @@ class SinkProcess:
 
 
 @pytest.fixture
-def sink_process(tmp_path: Path) -> Iterator[type[SinkProcess]]:
+def sink_process(tmp_path: Path) -> Iterator[Callable[..., SinkProcess]]:
     started: list[SinkProcess] = []
 
     def start(**options: Any) -> SinkProcess:
@@ -74,12 +74,14 @@ def sink_process(tmp_path: Path) -> Iterator[type[SinkProcess]]:
         started.append(sink)
         return sink
 
-    yield start  # type: ignore[misc]
+    yield start
     for sink in started:
         sink.stop()
 
 
-async def test_process_keeps_eml_files_and_a_json_log(tmp_path: Path, sink_process: Any) -> None:
+async def test_process_keeps_eml_files_and_a_json_log(
+    tmp_path: Path, sink_process: Callable[..., SinkProcess]
+) -> None:
     maildir, log = tmp_path / "mail", tmp_path / "sink.jsonl"
     sink = sink_process(maildir=maildir, log=log)
     sent = [make_message(f"Lead {index} sold") for index in range(3)]
@@ -109,7 +111,9 @@ async def test_process_keeps_eml_files_and_a_json_log(tmp_path: Path, sink_proce
     assert "3 accepted" in sink.stderr_text
 
 
-async def test_fail_rate_is_reproducible_with_a_seed(tmp_path: Path, sink_process: Any) -> None:
+async def test_fail_rate_is_reproducible_with_a_seed(
+    tmp_path: Path, sink_process: Callable[..., SinkProcess]
+) -> None:
     log = tmp_path / "sink.jsonl"
     sink = sink_process(log=log, fail_rate=0.3, fail_code=451, seed=7)
     draws = random.Random(7)
@@ -134,7 +138,7 @@ async def test_fail_rate_is_reproducible_with_a_seed(tmp_path: Path, sink_proces
     assert sink.stop() == 0
 
 
-async def test_esp_profile_waits_before_the_data_reply(sink_process: Any) -> None:
+async def test_esp_profile_waits_before_the_data_reply(sink_process: Callable[..., SinkProcess]) -> None:
     sink = sink_process(profile="esp")
     async with aiosmtplib.SMTP(hostname="127.0.0.1", port=sink.port, timeout=5) as client:
         started = time.monotonic()
@@ -148,7 +152,7 @@ async def test_esp_profile_waits_before_the_data_reply(sink_process: Any) -> Non
         assert response.code == 250
 
 
-async def test_sigint_stops_the_process_cleanly(sink_process: Any) -> None:
+async def test_sigint_stops_the_process_cleanly(sink_process: Callable[..., SinkProcess]) -> None:
     sink = sink_process()
     await aiosmtplib.send(make_message("one"), hostname="127.0.0.1", port=sink.port, timeout=5)
     assert sink.stop(signal.SIGINT) == 0

@@ -41,6 +41,9 @@ from consumer.pipeline.retry import RetryRecord, schedule
 from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
+#: A DLQ record keeps at most this much of the bad record's value (Kafka's default limit is ~1 MiB per
+#: record, key and headers included).
+DLQ_MAX_VALUE_BYTES = 900_000
 
 
 class MatchedRule(Protocol):
@@ -303,7 +306,13 @@ class RecordProcessor:
             (k, v) for k, v in _headers(msg) if v is not None and not k.startswith("eventmail.")
         ]
         headers += [("eventmail.error", error[:1000].encode()), ("eventmail.source", where.encode())]
-        await self.producer.send(self.topics.dlq, msg.value(), key=msg.key(), headers=headers)
+        value = msg.value()
+        if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
+            # Kafka would refuse the record as it came (it was refused for its size): keep its start,
+            # and say how long it was; the source offset points at the whole record while it is retained.
+            headers.append(("eventmail.truncated_from", str(len(value)).encode()))
+            value = value[:DLQ_MAX_VALUE_BYTES]
+        await self.producer.send(self.topics.dlq, value, key=msg.key(), headers=headers)
         DLQ_RECORDS.labels(source=topic).inc()
         log.warning("record sent to the DLQ", extra={"error": error[:300], "source": where})
 

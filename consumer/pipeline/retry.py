@@ -64,7 +64,7 @@ class RetryRecord:
             )
         except CodecError:
             raise
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise CodecError(f"invalid retry record: {type(exc).__name__}: {exc}") from None
 
 

@@ -41,7 +41,7 @@ def decode_rule(key: bytes | None, value: bytes, context: RuleContext) -> Rule:
     label = key_text or "?"
     try:
         data = json.loads(value.decode("utf-8"))
-    except (UnicodeError, json.JSONDecodeError) as exc:
+    except (UnicodeError, json.JSONDecodeError, RecursionError) as exc:
         raise RuleValidationError(
             label, [("", f"the record is not UTF-8 JSON ({type(exc).__name__})")]
         ) from None

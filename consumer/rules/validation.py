@@ -138,6 +138,8 @@ def load_documents(path: Path) -> list[Any]:
             documents = [json.loads(text)]
         except json.JSONDecodeError as exc:
             raise RuleError(f"{path}: not valid JSON: line {exc.lineno}: {exc.msg}") from None
+        except RecursionError:
+            raise RuleError(f"{path}: not a rule file: nested too deeply") from None
     else:
         try:
             documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
@@ -146,6 +148,8 @@ def load_documents(path: Path) -> list[Any]:
             where = f"line {mark.line + 1}: " if mark is not None else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise RuleError(f"{path}: not valid YAML: {where}{problem}") from None
+        except RecursionError:
+            raise RuleError(f"{path}: not a rule file: nested too deeply") from None
     out: list[Any] = []
     for document in documents:
         if isinstance(document, list):

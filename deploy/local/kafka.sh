@@ -7,7 +7,8 @@
 #   deploy/local/kafka.sh status
 #
 # Environment: KAFKA_PORT (default 9092; the controller uses KAFKA_PORT+1),
-#              EVENTMAIL_CACHE (default .cache at the repository root), KAFKA_HEAP (default 768m).
+#              EVENTMAIL_CACHE (default .cache at the repository root), KAFKA_HEAP (default 768m),
+#              PYTHON (default python3; an interpreter with confluent-kafka, for the readiness check).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -36,7 +37,7 @@ running() {
 
 answers() {
   # A metadata request through the same client library the service uses.
-  python3 - "$port" <<'PY' 2>/dev/null
+  "${PYTHON:-python3}" - "$port" <<'PY' 2>/dev/null
 import sys
 from confluent_kafka.admin import AdminClient
 client = AdminClient({"bootstrap.servers": f"127.0.0.1:{sys.argv[1]}", "logger": None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,8 @@ class LocalBroker:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.env = {**os.environ, "KAFKA_PORT": str(port)}
+        # PYTHON: the readiness check needs confluent-kafka, i.e. this interpreter, not the first python3.
+        self.env = {**os.environ, "KAFKA_PORT": str(port), "PYTHON": sys.executable}
         self.started_here = False
 
     @property

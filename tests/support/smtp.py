@@ -28,6 +28,9 @@ with ``users=...`` and ``fail_code=421``):
 ``silent``      accepts TCP connections and never sends a byte (no greeting)
 =============== =====================================================================================
 
+In an async test over TLS, ``await server.wait_idle_async()`` before the test returns: the client's
+TLS shutdown then completes in the test's own loop instead of being cut off when that loop closes.
+
 The "first N" of ``fail_times`` / ``drop_times`` / ``hang_times`` counts transactions, i.e. MAIL
 commands received by this server since it was created (``server.attempts``); ``None`` means all.
 """
@@ -716,6 +719,14 @@ class SMTPTestServer:
         finally:
             with self._lock:
                 self._waiters.async_events.discard(entry)
+
+    def wait_idle(self, timeout: float = 5.0) -> None:
+        """Block until no client connection is open (every session ended, e.g. after QUIT)."""
+        self.wait_until(lambda: not self._live, timeout, "idle server (open connections)")
+
+    async def wait_idle_async(self, timeout: float = 5.0) -> None:
+        """Await the end of every open session; after it, a client's TLS shutdown is complete too."""
+        await self.wait_until_async(lambda: not self._live, timeout, "idle server (open connections)")
 
     def wait_for(self, n: int = 1, timeout: float = 5.0) -> list[ReceivedMessage]:
         """Block until at least ``n`` messages were accepted; returns all of them.

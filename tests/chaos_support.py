@@ -1,0 +1,407 @@
+"""Shared parts of the reliability suite (tests/test_chaos.py, test_poison.py, test_hostile_rules.py).
+
+- :class:`Tally`: what arrived where, counted the same way in every scenario: distinct Message-IDs and
+  copies at the SMTP server, ``sent`` outcomes per Message-ID on the outcome topic, and the figures
+  (lost, duplicates, copies in the documented window) that docs/reliability.md reports.
+- :class:`SinkProcess`: ``consumer.devtools.smtp_sink`` as a process of its own, with its JSON log, that
+  can be stopped and started again on the same port.
+- :class:`Replicas`: ``eventmail run`` replicas of one deployment, killed (``kill -9``) and restarted.
+- :func:`produce_many`: records to a topic in big batches (and records up to the broker's size limit).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from consumer.devtools.smtp_sink import spawn_sink_process, stop_sink_process
+from consumer.outcomes.codec import decode_outcome
+from consumer.outcomes.model import Outcome, OutcomeStatus
+from tests.support.kafka import unique_name
+from tests.support.service import Deployment, ServiceProcess
+
+#: Settings of every chaos deployment: quick commits, a bounded drain.
+FAST = {
+    "EVENTMAIL_PIPELINE__COMMIT_INTERVAL_SECONDS": "0.2",
+    "EVENTMAIL_PIPELINE__DRAIN_TIMEOUT_SECONDS": "10",
+}
+#: Transient SMTP failures retried quickly (in place, then through the retry topic).
+QUICK_RETRIES = {
+    "EVENTMAIL_PIPELINE__RETRY_BASE_SECONDS": "1",
+    "EVENTMAIL_SMTP__RETRY_BASE_SECONDS": "0.1",
+    "EVENTMAIL_SMTP__CONNECT_TIMEOUT_SECONDS": "2",
+    "EVENTMAIL_SMTP__CIRCUIT_OPEN_SECONDS": "2",
+}
+
+
+# --- reading topics ----------------------------------------------------------------------------------
+def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Message]:
+    """Every record of ``topic`` up to the end it had when reading began (read_committed)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique_name("chaos-reader"),
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            "fetch.message.max.bytes": 2_000_000,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        ends: dict[int, int] = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            if high > low:
+                ends[partition] = high
+        if not ends:
+            return []
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        out: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=5000, timeout=0.5):
+                error = msg.error()
+                partition = msg.partition()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        ends.pop(partition if partition is not None else -1, None)
+                        continue
+                    raise KafkaException(error)
+                out.append(msg)
+                offset = msg.offset()
+                if partition in ends and offset is not None and offset >= ends[partition] - 1:
+                    del ends[partition]
+        if ends:
+            raise TimeoutError(f"{topic}: partitions {sorted(ends)} not read to their end in {timeout}s")
+        return out
+    finally:
+        consumer.close()
+
+
+def read_outcomes(deployment: Deployment) -> list[Outcome]:
+    return [
+        decode_outcome(m.value() or b"")
+        for m in read_topic(deployment.bootstrap, deployment.topics["outcomes"])
+    ]
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    every: float = 0.5,
+    running: Sequence[ServiceProcess] = (),
+) -> None:
+    """Block until ``predicate()`` holds; fails at once when one of the ``running`` services exits."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        for service in running:
+            alive(service)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout}s")
+        time.sleep(every)
+
+
+def wait_sent_outcomes(
+    deployment: Deployment, message_ids: set[str], timeout: float = 120.0
+) -> list[Outcome]:
+    """The outcome topic once every one of ``message_ids`` has a ``sent`` outcome."""
+    got: list[Outcome] = []
+
+    def complete() -> bool:
+        nonlocal got
+        got = read_outcomes(deployment)
+        sent = {o.message_id for o in got if o.status is OutcomeStatus.SENT}
+        return message_ids <= sent
+
+    wait_until(complete, timeout, f"sent outcome for each of {len(message_ids)} mails", every=1.0)
+    return got
+
+
+# --- the figures -------------------------------------------------------------------------------------
+@dataclass
+class Tally:
+    """One scenario's count at the SMTP server and on the outcome topic, against what was expected.
+
+    ``copies``: deliveries beyond the first of a Message-ID at the server. A copy is *in the window*
+    (docs/delivery.md: the process died after the server accepted the mail and before its outcome was
+    acknowledged) when its Message-ID has exactly one ``sent`` outcome: the first delivery's outcome
+    never reached Kafka. A copy whose Message-ID has two ``sent`` outcomes was sent again although its
+    first outcome was durable: that is a duplicate the read-back should have prevented.
+    """
+
+    scenario: str
+    expected: set[str]
+    received: list[str]
+    outcomes: list[Outcome]
+    seconds: float
+    injected: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delivered(self) -> set[str]:
+        return set(self.received)
+
+    @property
+    def lost(self) -> int:
+        return len(self.expected - self.delivered)
+
+    @property
+    def unexpected(self) -> set[str]:
+        return self.delivered - self.expected
+
+    @property
+    def copies(self) -> int:
+        return len(self.received) - len(self.delivered)
+
+    @property
+    def copied(self) -> dict[str, int]:
+        return {mid: n for mid, n in Counter(self.received).items() if n > 1}
+
+    @property
+    def sent_outcomes(self) -> Counter[str]:
+        return Counter(o.message_id or "" for o in self.outcomes if o.status is OutcomeStatus.SENT)
+
+    @property
+    def without_sent_outcome(self) -> set[str]:
+        return self.expected - set(self.sent_outcomes)
+
+    @property
+    def outcome_duplicates(self) -> int:
+        """``sent`` outcomes beyond the first for a Message-ID."""
+        return sum(n - 1 for n in self.sent_outcomes.values() if n > 1)
+
+    @property
+    def copies_in_window(self) -> int:
+        sent = self.sent_outcomes
+        return sum(n - 1 for mid, n in self.copied.items() if sent[mid] == 1)
+
+    @property
+    def duplicates(self) -> int:
+        """Copies that the documented window does not explain."""
+        return self.copies - self.copies_in_window
+
+    def line(self) -> str:
+        parts = [
+            f"{self.scenario}: {len(self.expected)} expected",
+            f"lost={self.lost}",
+            f"duplicates={self.duplicates}",
+            f"copies_in_window={self.copies_in_window}",
+            f"outcome_duplicates={self.outcome_duplicates}",
+            f"time={self.seconds:.1f}s",
+        ]
+        parts += [f"{k}={v}" for k, v in self.extra.items()]
+        return "chaos figures | " + ", ".join(parts)
+
+    def report(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Print the figures past pytest's capture (they are the point of the scenario)."""
+        with capsys.disabled():
+            print(f"\n{self.line()}")
+
+    def assert_nothing_lost(self) -> None:
+        assert self.lost == 0, (
+            f"{self.lost} mails never reached the SMTP server: {sorted(self.expected - self.delivered)[:10]}"
+        )
+        assert not self.unexpected, f"mails nobody asked for: {sorted(self.unexpected)[:10]}"
+        assert not self.without_sent_outcome, f"{len(self.without_sent_outcome)} mails without a sent outcome"
+
+    def assert_exactly_once(self) -> None:
+        self.assert_nothing_lost()
+        assert self.copies == 0, (
+            f"{self.copies} copies at the SMTP server: {dict(list(self.copied.items())[:10])}"
+        )
+        assert self.outcome_duplicates == 0, f"{self.outcome_duplicates} duplicate sent outcomes"
+
+
+# --- the SMTP sink as a process ----------------------------------------------------------------------
+class SinkProcess:
+    """``python -m consumer.devtools.smtp_sink`` with a JSON log (one line per accepted message)."""
+
+    def __init__(self, directory: Path, name: str = "sink", **options: Any) -> None:
+        self.log = directory / f"{name}.jsonl"
+        self.stderr_path = directory / f"{name}.stderr"
+        self.options = options
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.summaries: list[str] = []
+
+    def start(self) -> SinkProcess:
+        with self.stderr_path.open("ab") as stderr:
+            self.proc, self.port = spawn_sink_process(
+                port=self.port, log=self.log, stderr=stderr, **self.options
+            )
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM: the sink closes its listener and aborts the open sessions."""
+        if self.proc is not None:
+            stop_sink_process(self.proc)
+            self.proc = None
+            self.summaries = [
+                line
+                for line in self.stderr_path.read_text().splitlines()
+                if line.startswith("smtp-sink: stopped")
+            ]
+
+    def esp(self, **extra: Any) -> dict[str, Any]:
+        return {"host": "127.0.0.1", "port": self.port, "encryption": "none", **extra}
+
+    def message_ids(self) -> list[str]:
+        if not self.log.exists():
+            return []
+        ids = []
+        for line in self.log.read_text().splitlines():
+            if line.strip():
+                ids.append(json.loads(line)["message_id"] or "")
+        return ids
+
+    def wait_distinct(self, expected: int, timeout: float) -> None:
+        wait_until(
+            lambda: len(set(self.message_ids())) >= expected,
+            timeout,
+            f"{expected} distinct mails at the sink",
+        )
+
+    def counters(self) -> Counter[str]:
+        """accepted / failed / dropped over every run of the sink (from its stop summaries)."""
+        total: Counter[str] = Counter()
+        for summary in self.summaries:
+            for part in summary.removeprefix("smtp-sink: stopped;").split(","):
+                words = part.split()
+                if len(words) >= 2 and words[0].isdigit():
+                    total[words[1]] += int(words[0])
+        return total
+
+
+# --- replicas ---------------------------------------------------------------------------------------
+def alive(service: ServiceProcess) -> subprocess.Popen[bytes]:
+    """The service's process, which must still be running (the same one that was started)."""
+    process = service.proc
+    assert process is not None, f"{service.name} was never started"
+    assert process.poll() is None, f"{service.name} exited with {process.returncode}:\n{service.tail()}"
+    return process
+
+
+@dataclass
+class Kill:
+    at: float
+    replica: str
+    received_before: int
+
+
+class Replicas:
+    """``eventmail run`` replicas of one deployment (same group), each restarted after a kill."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, names: Sequence[str]) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.starts: Counter[str] = Counter()
+        self.procs: dict[str, ServiceProcess] = {}
+        self.kills: list[Kill] = []
+        for name in names:
+            self.start(name)
+
+    def start(self, name: str) -> ServiceProcess:
+        self.starts[name] += 1
+        proc = ServiceProcess("run", self.env, self.log_dir, name=f"{name}{self.starts[name]}").start()
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str, received: int) -> None:
+        process = alive(self.procs[name])
+        process.send_signal(signal.SIGKILL)
+        self.kills.append(Kill(time.time(), name, received))
+        process.wait(10)
+
+    def check_alive(self) -> None:
+        for proc in self.procs.values():
+            alive(proc)
+
+    def pids(self) -> dict[str, int]:
+        return {name: alive(proc).pid for name, proc in self.procs.items()}
+
+    def terminate_all(self) -> None:
+        for proc in self.procs.values():
+            code = proc.terminate()
+            assert code == 0, f"{proc.name} exited with {code}:\n{proc.tail()}"
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+
+def chaos_monkey(
+    replicas: Replicas,
+    received: Callable[[], int],
+    total: int,
+    kills: int,
+    rng: random.Random,
+    step: tuple[int, int],
+    timeout: float = 120.0,
+) -> None:
+    """Kill a random replica ``kills`` times, each after a random number (``step``) of further mails
+    and a random few milliseconds, and restart it after a random pause of up to 2 s."""
+    for _ in range(kills):
+        target = min(total - 1, received() + rng.randint(*step))
+        wait_until(lambda t=target: received() >= t, timeout, f"{target} mails", every=0.005)  # type: ignore[misc]
+        time.sleep(rng.random() * 0.05)
+        victim = rng.choice(sorted(replicas.procs))
+        replicas.kill(victim, received())
+        time.sleep(rng.random() * 2)
+        replicas.start(victim)
+
+
+# --- producing -----------------------------------------------------------------------------------------
+Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+
+
+def produce_many(bootstrap: str, topic: str, records: Iterable[Record], partition: int | None = None) -> int:
+    """Produce (key, value, headers) records in big batches; values up to the broker's default limit."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "message.max.bytes": 1_040_000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
+    errors: list[Any] = []
+
+    def report(err: Any, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
+    count = 0
+    for key, value, headers in records:
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
+        if headers:
+            kwargs["headers"] = headers
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                producer.produce(topic, **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+        count += 1
+    remaining = producer.flush(60)
+    assert not errors, f"produce failed: {errors[:3]}"
+    assert remaining == 0, f"{remaining} records not delivered"
+    return count
