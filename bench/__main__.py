@@ -40,6 +40,7 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -78,6 +79,8 @@ def main() -> int:
         "ratios": ratios(results),
         "failures": failures,
     }
+    report["goals"] = goals(report)
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report)
@@ -100,6 +103,29 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+#: The goals the report is held against: (ratio or ``module.figure``, which of the two, op, bound).
+#: "RSS flat" is read as: growth over the stream under 10 % of the 250 MB budget.
+GOALS: tuple[tuple[str, str, str, float], ...] = (
+    ("filter_vs_raw_decode", "ratio", ">=", 0.6),
+    ("mail_vs_raw_smtp", "ratio", ">=", 0.8),
+    ("mail_vs_naive_peer", "ratio", ">=", 20.0),
+    ("pipeline.latency_p99_ms", "figure", "<", 100.0),
+    ("pipeline.memory_peak_rss_mb", "figure", "<", 250.0),
+    ("pipeline.memory_rss_growth_mb", "figure", "<", 25.0),
+)
+
+
+def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each goal with the value measured in this run and whether it is met (None: not measured)."""
+    flat = {f"{m}.{k}": v for m, figures in report["results"].items() for k, v in figures.items()}
+    out = []
+    for name, kind, op, bound in GOALS:
+        value = report["ratios"].get(name) if kind == "ratio" else flat.get(name)
+        met = None if value is None else (value >= bound if op == ">=" else value < bound)
+        out.append({"goal": name, "op": op, "bound": bound, "value": value, "met": met})
+    return out
+
+
 def write_markdown(report: dict[str, Any]) -> None:
     m = report["machine"]
     lines = [
@@ -110,6 +136,8 @@ def write_markdown(report: dict[str, Any]) -> None:
         "",
         f"- when: {report['when']}{' (quick run)' if report['quick'] else ''}",
         f"- machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}",
+        f"- load average (1, 5, 15 min) at start {m.get('load_average_at_start')}, at end "
+        f"{m.get('load_average_at_end')}: everything here shares this machine, so other load is noise",
         f"- total time: {report['seconds']} s",
         "",
         "## Ratios",
@@ -118,18 +146,34 @@ def write_markdown(report: dict[str, Any]) -> None:
         "|---|---|",
     ]
     lines += [f"| `{k}` | {v} |" for k, v in report["ratios"].items()] or ["| (none) | |"]
+    lines += ["", "## Goals", "", "| goal | target | this run | met |", "|---|---|---|---|"]
+    for goal in report["goals"]:
+        value = "not measured" if goal["value"] is None else f"{goal['value']:,.3g}"
+        met = {True: "yes", False: "**no**", None: "-"}[goal["met"]]
+        lines.append(f"| `{goal['goal']}` | {goal['op']} {goal['bound']:g} | {value} | {met} |")
     lines += ["", "## Figures", "", "| module | figure | value |", "|---|---|---|"]
     for module, figures in report["results"].items():
         for key, value in figures.items():
-            lines.append(f"| {module} | `{key}` | {value:,.1f} |" if isinstance(value, int | float) else "")
+            shown = f"{value:,.2f}" if isinstance(value, float) and abs(value) < 100 else f"{value:,.1f}"
+            lines.append(f"| {module} | `{key}` | {shown} |")
     if report["failures"]:
         lines += ["", "## Not run", ""]
         lines += [f"- {k}: {v.splitlines()[-1] if v else ''}" for k, v in report["failures"].items()]
     chart = chart_png(report)
     if chart:
         lines += ["", f"![throughput]({chart})", ""]
+    lines += ["", "## How each module measures", ""]
+    for module in report["results"]:
+        lines += [f"### {module}", "", _method(module), ""]
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text("\n".join(line for line in lines) + "\n")
+
+
+def _method(module: str) -> str:
+    """The module's docstring without its usage line(s): what it measures and how."""
+    doc = importlib.import_module(f"bench.{module}").__doc__ or ""
+    kept = [p for p in doc.strip().split("\n\n") if "python -m bench" not in p]
+    return "\n\n".join(kept)
 
 
 def chart_png(report: dict[str, Any]) -> str | None:

@@ -47,7 +47,9 @@ class OffsetTracker:
         self._partitions: dict[TopicPartitionKey, _PartitionState] = {}
 
     def started(self, tp: TopicPartitionKey, offset: int) -> None:
-        state = self._partitions.setdefault(tp, _PartitionState())
+        state = self._partitions.get(tp)
+        if state is None:
+            state = self._partitions[tp] = _PartitionState()
         state.pending.add(offset)
         heapq.heappush(state.heap, offset)
         if state.next_offset is None or offset + 1 > state.next_offset:

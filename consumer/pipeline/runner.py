@@ -8,6 +8,7 @@ in-flight work within the grace period, flush outcomes, commit, leave the group,
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any
@@ -26,6 +27,8 @@ from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 9400
+#: Allocations (net) between collections of the youngest generation (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> int:
@@ -87,6 +90,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
             pass  # the rules topic is read to its end before any event is taken
         if not stop.is_set():
             source.start()
+            _tune_gc()
         while not stop.is_set():
             beat["loop"] = time.monotonic()
             if pipeline.fatal:
@@ -133,6 +137,15 @@ def _config_error(loop: asyncio.AbstractEventLoop, processor: RecordProcessor, *
         source=SourcePosition(topic=topic, partition=partition, offset=offset),
     )
     asyncio.run_coroutine_threadsafe(processor.write_outcome(outcome), loop)
+
+
+def _tune_gc() -> None:
+    """Once started: leave the start-up objects (modules, settings, compiled rules) out of garbage
+    collections, and collect the young generation less often. Every mail leaves cyclic garbage (the
+    ``email`` package makes a class per header), and with the defaults the collections took a third
+    of a mail's CPU time, with full collections of 100-200 ms under load."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _port(settings: Settings) -> int:

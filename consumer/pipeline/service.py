@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Coroutine
 from typing import Any
 
 from confluent_kafka import Message
@@ -26,6 +27,9 @@ from consumer.pipeline.records import RecordProcessor
 from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Records done without a task are released (committable, no longer pending) in steps of this many.
+RELEASE_EVERY = 64
 
 
 class Pipeline:
@@ -39,6 +43,8 @@ class Pipeline:
         self.processor = processor
         self.retry_topic = settings.topics.retry
         self._lock = threading.Lock()
+        #: Signalled (under the lock) when pending event records finish: the source waits on it.
+        self._room = threading.Condition(self._lock)
         self._tracker = OffsetTracker()
         self._tasks: dict[TopicPartitionKey, set[asyncio.Task[None]]] = defaultdict(set)
         self._delivered: Delivered = {}
@@ -49,15 +55,23 @@ class Pipeline:
 
     # --- SourceHandler (source thread) -----------------------------------------------------------------
     def on_records(self, records: list[Message]) -> None:
+        retry_topic = self.retry_topic
+        positions = [position(msg) for msg in records]
         with self._lock:
-            for msg in records:
-                topic, partition, offset = position(msg)
-                self._tracker.started((topic, partition), offset)
-                if topic == self.retry_topic:
-                    self._retry_pending += 1
-                else:
-                    self._event_pending += 1
-        self.loop.call_soon_threadsafe(self._spawn, records)
+            started = self._tracker.started
+            retries = 0
+            for topic, partition, offset in positions:
+                started((topic, partition), offset)
+                if topic == retry_topic:
+                    retries += 1
+            self._retry_pending += retries
+            self._event_pending += len(records) - retries
+        self.loop.call_soon_threadsafe(self._spawn, records, positions)
+
+    def wait_for_room(self, limit: int, timeout: float) -> bool:
+        """Block until fewer than ``limit`` event records are pending (or ``timeout`` passes)."""
+        with self._room:
+            return self._room.wait_for(lambda: self._event_pending < limit, timeout)
 
     def on_assigned(self, partitions: dict[TopicPartitionKey, int]) -> None:
         if not partitions:
@@ -124,25 +138,59 @@ class Pipeline:
             return seen.pop(offset, set()) if seen else set()
 
     # --- asyncio side ---------------------------------------------------------------------------------
-    def _spawn(self, records: list[Message]) -> None:
-        for msg in records:
-            topic, partition, offset = position(msg)
+    def _spawn(self, records: list[Message], positions: list[tuple[str, int, int]]) -> None:
+        """Start the work of a batch: records whose decoding and matching is all they need are done
+        here (no task), and released in steps so the source can fetch the next records meanwhile;
+        the others get a task each."""
+        retry_topic = self.retry_topic
+        processor = self.processor
+        owned: dict[TopicPartitionKey, bool] = {}
+        finished: list[tuple[TopicPartitionKey, int]] = []
+        dropped_events = dropped_retries = 0
+        for msg, (topic, partition, offset) in zip(records, positions, strict=True):
             tp = (topic, partition)
-            is_retry = topic == self.retry_topic
-            with self._lock:
-                owned = tp in self._owned
-                if not owned:  # revoked or lost after the record was fetched: the next owner has it
-                    if is_retry:
-                        self._retry_pending -= 1
-                    else:
-                        self._event_pending -= 1
-            if not owned:
+            is_retry = topic == retry_topic
+            ours = owned.get(tp)
+            if ours is None:
+                with self._lock:
+                    ours = owned[tp] = tp in self._owned
+            if not ours:  # revoked or lost after the record was fetched: the next owner has it
+                if is_retry:
+                    dropped_retries += 1
+                else:
+                    dropped_events += 1
                 continue
-            coro = self.processor.process_retry(msg) if is_retry else self.processor.process_event(msg)
+            coro: Coroutine[Any, Any, None] | None
+            if is_retry:
+                coro = processor.process_retry(msg)
+            else:
+                try:
+                    coro = processor.start_event(msg, topic)
+                except Exception as exc:  # as a failed task: the record is not committed, the service stops
+                    dropped_events += 1
+                    self._failed(tp, offset, exc)
+                    continue
+                if coro is None:
+                    finished.append((tp, offset))
+                    if len(finished) >= RELEASE_EVERY:
+                        self._release(finished, dropped_events, dropped_retries)
+                        finished, dropped_events, dropped_retries = [], 0, 0
+                    continue
             task = self.loop.create_task(coro)
             with self._lock:
                 self._tasks[tp].add(task)
             task.add_done_callback(functools.partial(self._finished, tp=tp, offset=offset, is_retry=is_retry))
+        if finished or dropped_events or dropped_retries:
+            self._release(finished, dropped_events, dropped_retries)
+
+    def _release(self, done: list[tuple[TopicPartitionKey, int]], dropped: int, dropped_retries: int) -> None:
+        """Records finished without a task (``done``) or not taken (``dropped``) are no longer pending."""
+        with self._lock:
+            for tp, offset in done:
+                self._tracker.done(tp, offset)
+            self._event_pending -= len(done) + dropped
+            self._retry_pending -= dropped_retries
+            self._room.notify_all()
 
     def _finished(self, task: asyncio.Task[None], tp: TopicPartitionKey, offset: int, is_retry: bool) -> None:
         with self._lock:
@@ -151,12 +199,16 @@ class Pipeline:
                 self._retry_pending -= 1
             else:
                 self._event_pending -= 1
+                self._room.notify_all()
             if task.cancelled():
                 return  # abandoned: stays uncommitted
             error = task.exception()
             if error is None:
                 self._tracker.done(tp, offset)
                 return
+        self._failed(tp, offset, error)
+
+    def _failed(self, tp: TopicPartitionKey, offset: int, error: BaseException) -> None:
         # A record whose outcome could not be written must not be committed; the service stops.
         self.fatal = f"record {tp[0]}[{tp[1]}]@{offset} failed: {type(error).__name__}: {error}"
         log.error("record processing failed; stopping", extra={"error": self.fatal})

@@ -23,6 +23,11 @@ from consumer.pipeline.offsets import TopicPartitionKey
 
 log = logging.getLogger(__name__)
 
+#: Records taken from the consumer at most at once.
+BATCH = 500
+#: How long the pipeline may stay full (the source waiting for room) before event partitions are paused.
+FULL_GRACE_SECONDS = 1.0
+
 
 class SourceHandler(Protocol):
     """What the pipeline offers the source thread. Called from the source thread."""
@@ -45,6 +50,9 @@ class SourceHandler(Protocol):
 
     def backlog(self) -> tuple[int, int]:
         """(pending event records, pending retry records)."""
+
+    def wait_for_room(self, limit: int, timeout: float) -> bool:
+        """Block until fewer than ``limit`` event records are pending (or the timeout passes)."""
 
 
 class SourceConsumer:
@@ -80,6 +88,9 @@ class SourceConsumer:
         self._retry_topic = retry_topic
         self._handler = handler
         self._max_pending = max_pending
+        #: Once full, the source waits until fewer than this many are pending, then takes a batch.
+        self._room_limit = max(1, max_pending - max_pending // 8)
+        self._full_since: float | None = None
         self._max_retry_pending = max_retry_pending
         self._commit_interval = commit_interval
         self._drain_timeout = drain_timeout
@@ -161,20 +172,19 @@ class SourceConsumer:
         try:
             while not self._stop.is_set():
                 self.last_loop = time.monotonic()
-                records = self._consumer.consume(num_messages=500, timeout=0.05)
-                good: list[Message] = []
-                for msg in records:
-                    error = msg.error()
-                    if error is None:
-                        good.append(msg)
-                    elif error.fatal():
-                        self._on_fatal(f"fatal consumer error: {error.str()}")
-                    elif error.code() != KafkaError._PARTITION_EOF:
-                        KAFKA_ERRORS.labels(code=error.name()).inc()
-                        log.warning("consume error", extra={"kafka_error": error.str()})
-                if good:
-                    self.broker_reachable = True
-                    self._handler.on_records(good)
+                room = self._room()
+                if room > 0:
+                    # What is fetched already, at once; else wait for the next record (not for a whole
+                    # batch: consume() waits until num_messages arrived or the timeout passed).
+                    records = self._consumer.consume(num_messages=room, timeout=0)
+                    if not records:
+                        records = self._consumer.consume(num_messages=1, timeout=0.05)
+                    self._take(records)
+                else:
+                    # The pipeline is full: wait for it to take more instead of pausing at once (a pause
+                    # drops what librdkafka fetched ahead, and the fetch after resuming waits for the
+                    # broker); _backpressure pauses when it stays full.
+                    self._handler.wait_for_room(self._room_limit, 0.05)
                 self._backpressure()
                 if time.monotonic() - last_commit >= self._commit_interval:
                     self._commit(None, asynchronous=True)
@@ -183,11 +193,41 @@ class SourceConsumer:
             log.exception("source consumer failed")
             self._on_fatal(f"source consumer failed: {exc}")
 
+    def _room(self) -> int:
+        """How many records to take now: bounded by the event records the pipeline may still take,
+        unless the event partitions are paused (then only retry records come, bounded by their pause)."""
+        if any(tp[0] != self._retry_topic for tp in self._paused):
+            return BATCH
+        events, _ = self._handler.backlog()
+        return max(0, min(BATCH, self._max_pending - events))
+
+    def _take(self, records: list[Message]) -> None:
+        good: list[Message] = []
+        for msg in records:
+            error = msg.error()
+            if error is None:
+                good.append(msg)
+            elif error.fatal():
+                self._on_fatal(f"fatal consumer error: {error.str()}")
+            elif error.code() != KafkaError._PARTITION_EOF:
+                KAFKA_ERRORS.labels(code=error.name()).inc()
+                log.warning("consume error", extra={"kafka_error": error.str()})
+        if good:
+            self.broker_reachable = True
+            self._handler.on_records(good)
+
     def _backpressure(self) -> None:
         events, retries = self._handler.backlog()
         event_tps = {tp for tp in self._assigned if tp[0] != self._retry_topic}
         retry_tps = {tp for tp in self._assigned if tp[0] == self._retry_topic}
-        self._toggle(event_tps, pause=events >= self._max_pending, resume=events < self._max_pending // 2)
+        full = events >= self._max_pending
+        now = time.monotonic()
+        if not full:
+            self._full_since = None
+        elif self._full_since is None:
+            self._full_since = now
+        pause = full and now - (self._full_since or now) >= FULL_GRACE_SECONDS
+        self._toggle(event_tps, pause=pause, resume=events < self._max_pending // 2)
         self._toggle(
             retry_tps, pause=retries >= self._max_retry_pending, resume=retries < self._max_retry_pending // 2
         )

@@ -1,0 +1,1 @@
+"""Hand-written peers of ``eventmail run``, measured by :mod:`bench.pipeline` in the same run."""

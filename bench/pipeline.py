@@ -1,0 +1,617 @@
+"""End-to-end benchmarks of ``eventmail run`` against its baselines and a naive peer, in one run.
+
+Everything runs on this machine in the same run: one broker (``EVENTMAIL_KAFKA__BOOTSTRAP_SERVERS``,
+else ``127.0.0.1:$KAFKA_PORT``, port 9092 as ``make bench`` starts), two SMTP sinks in processes of
+their own (``consumer.devtools.smtp_sink``: profile ``fast`` answers at once, profile ``esp`` waits
+20 ms before each reply and 100 ms before the reply to DATA; both keep a JSON log), ``eventmail run``
+as a child process with topics and a group of its own per scenario, the baselines in this process and
+the naive peer as a child process. Every service runs with the defaults except
+``EVENTMAIL_PIPELINE__COMMIT_INTERVAL_SECONDS=0.1`` (default 1 s), so that committed offsets, which
+the filter and memory figures are read from, trail the work by at most 0.1 s. Records are JSON
+events of about 450 bytes on 3 partitions.
+
+Figures (rates are per second; the runner divides the first of each pair by the second):
+
+* ``raw_consume_decode_per_s``: a plain confluent-kafka consumer (``consume(500)`` batches, partitions
+  assigned, no group join) reading N pre-produced events and decoding each with ``EventDecoder``: the
+  work no implementation avoids. Timed from its first batch (not counted) to the last record.
+* ``filter_only_per_s``: ``eventmail run`` on the same N events, written to its topic before it
+  starts, with rules that match none of them (their trigger has no rule): decode, match, commit.
+  Start-up and rule loading are left out: the clock starts when the group's committed offsets first
+  move (C0 records done) and stops when they reach the end; the rate is (N - C0) / elapsed. The
+  plain consumer and the service take turns (plain, service, plain, ...); each figure is the median
+  of its rounds. Ratio ``filter_vs_raw_decode``.
+* ``raw_smtp_per_s``: plain aiosmtplib, 8 connected clients sending M pre-built messages back to back
+  to the ``fast`` sink.
+* ``mail_fast_per_s``: ``eventmail run`` with a rule matching every event, M events, a pool of 8
+  (``max_connections: 8``) to the ``fast`` sink; timed from producing the events until their M
+  outcomes are acknowledged on the outcome topic (each written before its offset is committed; all
+  are checked to say ``sent``). The pool is warmed up first, as the raw clients connect before
+  their clock starts. Raw and service rounds alternate; each figure is the median. Ratio
+  ``mail_vs_raw_smtp``.
+* ``mail_esp_per_s`` (``mail_esp_connections``: K): the same to the ``esp`` sink with a pool of K,
+  since the ESP's latency, not CPU, bounds what one connection carries.
+* ``naive_peer_esp_per_s``: :mod:`bench.peers.naive` (poll loop, ``smtplib``, a connection per mail,
+  a synchronous commit per record) to the ``esp`` sink. Ratio ``mail_vs_naive_peer``.
+* ``latency_p50_ms`` / ``latency_p99_ms`` / ``latency_max_ms``: events produced one by one at a fixed
+  200 per second, each with ``occurred_at`` = the moment it is produced; latency is the ``fast``
+  sink's receive time (from its log) minus ``occurred_at``, matched by the event id in the subject.
+* ``memory_peak_rss_mb`` / ``memory_rss_growth_mb``: a fresh ``eventmail run`` over a long stream of
+  interleaved events (full: 1,000,000 filtered + 100,000 mailed; quick: 40,000 + 1,500), produced
+  as fast as the broker takes them; RSS is sampled from /proc/PID/status every 0.25 s; the peak is
+  the larger of the samples and VmHWM; growth is RSS once the whole stream is committed minus RSS
+  when 10 % of it was.
+* ``*_cpu_us_per_event`` / ``*_cpu_ms_per_mail``: CPU time (user + system, all threads) of the
+  consumer process over the timed window, per record: what the rate costs, apart from waiting.
+
+Sizes (quick / full): N = 100,000 / 500,000 in 1 / 2 service rounds; M = 800 / 5,000 in 2 / 3
+rounds to the fast sink and 600 / 3,000 to the ESP sink; 20 / 100 mails for the naive peer; 5 / 60
+seconds of the latency stream.
+
+Not measured: a ``trigger``-header fast path (skip decoding records whose trigger no rule uses). It
+would skip validation too, so malformed records carrying such a header would no longer reach the DLQ,
+and a header that disagrees with its payload would silently drop mail; it is not implemented.
+
+``python -m bench.pipeline [--quick] [--only SCENARIO] [--profile DIR]`` prints the figures;
+``--profile`` runs each service under ``py-spy record`` (all threads) and writes a profile per service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+from confluent_kafka import Consumer, TopicPartition
+
+from bench.support import (
+    Deployment,
+    EventRecords,
+    Offsets,
+    RssSampler,
+    Service,
+    Topics,
+    bootstrap,
+    count_lines,
+    cpu_seconds,
+    percentile,
+    produce_all,
+    producer,
+    read_sink_log,
+    stopping,
+    wait_for,
+)
+from consumer.devtools.smtp_sink import spawn_sink_process, stop_sink_process
+from consumer.events.codec import EventDecoder
+from consumer.events.triggers import Platform
+from consumer.mail import MailAddress, Rendered, build_message
+from consumer.outcomes.codec import decode_outcome
+from consumer.outcomes.model import OutcomeStatus
+
+SCENARIOS = ("decode", "filter", "smtp", "mail", "naive", "latency", "memory")
+FAST_CONNECTIONS = 8
+ESP_CONNECTIONS = 32
+LATENCY_RATE = 200.0
+COMMIT_INTERVAL = "0.1"
+#: Events no rule matches: a trigger no rule uses, for products that do have rules.
+FILTER_TRIGGER = "lead_rejected"
+MAIL_TRIGGER = "lead_sold"
+SUBJECT = "bench {{ event_id }}"
+BODY = (
+    "Lead {{ lead_id }} sold for {{ price }} ({{ data.first_name }} {{ data.last_name }}, {{ data.city }})."
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    filter_events: int
+    filter_rounds: int
+    mail_fast: int
+    mail_rounds: int
+    mail_esp: int
+    naive_mails: int
+    latency_seconds: float
+    memory_filtered: int
+    memory_mailed: int
+
+    @classmethod
+    def of(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(100_000, 1, 800, 2, 600, 20, 5.0, 40_000, 1_500)
+        return cls(500_000, 2, 5_000, 3, 3_000, 100, 60.0, 1_000_000, 100_000)
+
+
+def rule(rule_id: str, product: str, connection: str) -> dict[str, Any]:
+    return {
+        "id": rule_id,
+        "name": f"bench {rule_id}",
+        "platform": "lms",
+        "level": "product",
+        "product_id": product,
+        "triggers": [MAIL_TRIGGER],
+        "action": {
+            "connection": {"type": "esp", "name": connection},
+            "sender": {"email": "sales@example.com", "name": "Sales"},
+            "recipients": [{"email": "ops@example.com", "name": "Ops"}],
+            "subject": SUBJECT,
+            "body": BODY,
+        },
+    }
+
+
+RULES = [rule("r-fast", "p-fast", "fast"), rule("r-esp", "p-esp", "esp")]
+
+
+class Bench:
+    def __init__(self, plan: Plan, work: Path, profile: Path | None, profile_format: str = "svg") -> None:
+        self.plan = plan
+        self.work = work
+        self.profile = profile
+        self.profile_format = profile_format
+        self.servers = bootstrap()
+        self.topics = Topics(self.servers, "bench-pipeline")
+        self.records = EventRecords()
+        self.figures: dict[str, float] = {}
+        self.cleanup: list[Callable[[], Any]] = []
+        self.fast_log = work / "fast-sink.jsonl"
+        self.fast_port = 0
+        self.esp_port = 0
+        self.only: tuple[str, ...] = SCENARIOS
+        #: Figures measured in several rounds; each is reported as the median.
+        self.rounds: dict[str, list[float]] = {}
+        self._raw_topic = ""
+
+    # --- infrastructure ---------------------------------------------------------------------------------
+    def start_sinks(self) -> None:
+        fast, self.fast_port = spawn_sink_process(profile="fast", log=self.fast_log)
+        self.cleanup.append(lambda: stop_sink_process(fast))
+        esp, self.esp_port = spawn_sink_process(profile="esp", log=self.work / "esp-sink.jsonl")
+        self.cleanup.append(lambda: stop_sink_process(esp))
+
+    def deployment(self, name: str) -> Deployment:
+        deployment = Deployment.create(self.topics, name)
+        deployment.esp_connections = {
+            "fast": {
+                "host": "127.0.0.1",
+                "port": self.fast_port,
+                "encryption": "none",
+                "max_connections": FAST_CONNECTIONS,
+            },
+            "esp": {
+                "host": "127.0.0.1",
+                "port": self.esp_port,
+                "encryption": "none",
+                "max_connections": ESP_CONNECTIONS,
+            },
+        }
+        deployment.apply_rules(RULES)
+        return deployment
+
+    def service(self, deployment: Deployment, name: str) -> Service:
+        profile = self.profile / f"{name}.{self.profile_format}" if self.profile else None
+        env = deployment.env(EVENTMAIL_PIPELINE__COMMIT_INTERVAL_SECONDS=COMMIT_INTERVAL)
+        service = Service(env, self.work, name, profile_to=profile).start()
+        self.cleanup.append(service.stop)
+        return service
+
+    # --- decode and filter ------------------------------------------------------------------------------
+    def filter_records(self) -> list[tuple[bytes, bytes]]:
+        return self.records.batch("f", self.plan.filter_events, FILTER_TRIGGER, "p-fast")
+
+    def raw_topic(self) -> str:
+        """A topic holding the filter scenario's records, for the plain consumer."""
+        if not self._raw_topic:
+            self._raw_topic = self.topics.create("raw", 3)
+            produce_all(self.servers, self._raw_topic, self.filter_records())
+        return self._raw_topic
+
+    def raw_consume_decode(self) -> None:
+        """One round of the plain consumer; timed from its first batch (those records not counted)."""
+        topic = self.raw_topic()
+        total = self.plan.filter_events
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.servers,
+                "group.id": f"{self.topics.prefix}.raw",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+            }
+        )
+        decoder = EventDecoder()
+        platform = Platform.LMS
+        seen = first = 0
+        started = cpu = 0.0
+        try:
+            consumer.assign([TopicPartition(topic, p, 0) for p in range(3)])
+            deadline = time.monotonic() + 300
+            while seen < total and time.monotonic() < deadline:
+                batch = consumer.consume(num_messages=500, timeout=0.05)
+                for msg in batch:
+                    if msg.error() is None:
+                        decoder.decode(platform, msg.value(), msg.headers())
+                        seen += 1
+                if batch and not started:
+                    started, cpu, first = time.perf_counter(), time.process_time(), seen
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu
+        finally:
+            consumer.close()
+        if seen < total:
+            raise RuntimeError(f"raw consumer read {seen} of {total} records")
+        self.rounds.setdefault("raw_consume_decode_per_s", []).append((total - first) / elapsed)
+        self.rounds.setdefault("raw_consume_decode_cpu_us_per_event", []).append(cpu / (total - first) * 1e6)
+
+    def filter_only(self, n: int) -> None:
+        """One round of ``eventmail run`` on the filter records, a fresh deployment and service."""
+        name = f"filter{n}"
+        deployment = self.deployment(name)
+        topic = deployment.topics["lms"]
+        total = produce_all(self.servers, topic, self.filter_records())
+        offsets = Offsets(self.servers, deployment.group_id)
+        try:
+            service = self.service(deployment, name)
+            committed = {"n": 0}
+
+            def moved() -> bool:
+                committed["n"] = offsets.committed(topic)
+                return committed["n"] > 0
+
+            started = wait_for(moved, 120, f"{name}: first commit", 0.005, service.check_alive)
+            cpu = cpu_seconds(service.pid)
+            first = committed["n"]
+            ended = wait_for(
+                lambda: offsets.committed(topic) >= total, 600, f"{name}: commits", 0.005, service.check_alive
+            )
+            cpu = cpu_seconds(service.pid) - cpu
+            consumed = service_metric(service, "eventmail_events_consumed_total")
+            service.stop()
+        finally:
+            offsets.close()
+        if first >= total:
+            raise RuntimeError(f"{name}: every record was committed at once; use more events")
+        if consumed != total:
+            raise RuntimeError(f"{name}: the service counted {consumed} events, not {total}")
+        self.rounds.setdefault("filter_only_per_s", []).append((total - first) / (ended - started))
+        self.rounds.setdefault("filter_only_cpu_us_per_event", []).append(cpu / (total - first) * 1e6)
+
+    # --- SMTP baseline and mail through the service -------------------------------------------------------
+    def smtp_messages(self, count: int) -> list[tuple[str, list[str], bytes]]:
+        out = []
+        for n in range(count):
+            built = build_message(
+                Rendered(
+                    f"bench raw-{n}", f"Lead lead-raw-{n} sold for 12.5 (Ada Lovelace, Sacramento).", None
+                ),
+                sender=MailAddress("sales@example.com", "Sales"),
+                to=[MailAddress("ops@example.com", "Ops")],
+                event_id=f"raw-{n}",
+                rule_id="r-raw",
+            )
+            out.append((built.sender, list(built.recipients), built.data))
+        return out
+
+    def raw_smtp(self, messages: list[tuple[str, list[str], bytes]]) -> float:
+        async def measure() -> float:
+            clients = [
+                aiosmtplib.SMTP(
+                    hostname="127.0.0.1", port=self.fast_port, start_tls=False, local_hostname="b"
+                )
+                for _ in range(FAST_CONNECTIONS)
+            ]
+            await asyncio.gather(*(client.connect() for client in clients))
+            queue = iter(messages)
+
+            async def worker(client: aiosmtplib.SMTP) -> None:
+                for sender, recipients, data in queue:
+                    await client.sendmail(sender, recipients, data)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker(client) for client in clients))
+            elapsed = time.perf_counter() - started
+            await asyncio.gather(*(client.quit() for client in clients), return_exceptions=True)
+            return len(messages) / elapsed
+
+        return asyncio.run(measure())
+
+    def mail_round(
+        self,
+        service: Service,
+        deployment: Deployment,
+        offsets: Offsets,
+        prefix: str,
+        count: int,
+        product: str,
+    ) -> tuple[float, float]:
+        """Produce ``count`` matching events: the rate at which their outcomes are acknowledged, and
+        the service's CPU milliseconds per mail meanwhile."""
+        outcomes = deployment.topics["outcomes"]
+        base = offsets.end(outcomes)
+        records = self.records.batch(prefix, count, MAIL_TRIGGER, product)
+        prod = producer(self.servers, **{"linger.ms": 2})
+        cpu = cpu_seconds(service.pid)
+        started = time.perf_counter()
+        produce_all(self.servers, deployment.topics["lms"], records, out=prod)
+        ended = wait_for(
+            lambda: offsets.end(outcomes) >= base + count,
+            600,
+            f"{prefix}: outcomes",
+            0.05,
+            service.check_alive,
+        )
+        cpu = cpu_seconds(service.pid) - cpu
+        return count / (ended - started), cpu / count * 1000
+
+    def mail(self) -> None:
+        plan = self.plan
+        deployment = self.deployment("mail")
+        offsets = Offsets(self.servers, deployment.group_id)
+        messages = self.smtp_messages(plan.mail_fast)
+        try:
+            service = self.service(deployment, "mail")
+            service.wait_ready()
+            self.mail_round(service, deployment, offsets, "warm-fast", 4 * FAST_CONNECTIONS, "p-fast")
+            self.raw_smtp(messages[: len(messages) // 4])
+            raw: list[float] = []
+            ours: list[tuple[float, float]] = []
+            for n in range(plan.mail_rounds):
+                # alternate which side goes first, so a slow stretch of the machine hits both alike
+                if n % 2 == 0:
+                    raw.append(self.raw_smtp(messages))
+                ours.append(self.mail_round(service, deployment, offsets, f"m{n}", plan.mail_fast, "p-fast"))
+                if n % 2 == 1:
+                    raw.append(self.raw_smtp(messages))
+            self.figures["raw_smtp_per_s"] = round(statistics.median(raw), 1)
+            self.figures["mail_fast_per_s"] = round(statistics.median(rate for rate, _ in ours), 1)
+            self.figures["mail_fast_cpu_ms_per_mail"] = round(statistics.median(cpu for _, cpu in ours), 2)
+            self.figures["mail_fast_mails"] = float(plan.mail_fast)
+            self.figures["mail_fast_connections"] = float(FAST_CONNECTIONS)
+            if "latency" in self.only:
+                self.latency(service, deployment)
+            self.mail_round(service, deployment, offsets, "warm-esp", 2 * ESP_CONNECTIONS, "p-esp")
+            esp, esp_cpu = self.mail_round(service, deployment, offsets, "esp", plan.mail_esp, "p-esp")
+            self.figures["mail_esp_per_s"] = round(esp, 1)
+            self.figures["mail_esp_cpu_ms_per_mail"] = round(esp_cpu, 2)
+            self.figures["mail_esp_connections"] = float(ESP_CONNECTIONS)
+            service.stop()
+            self.check_outcomes(deployment, offsets)
+        finally:
+            offsets.close()
+
+    def check_outcomes(self, deployment: Deployment, offsets: Offsets) -> None:
+        """Every outcome written in the mail scenarios says ``sent``."""
+        topic = deployment.topics["outcomes"]
+        expected = offsets.end(topic)
+        reader = Consumer(
+            {
+                "bootstrap.servers": self.servers,
+                "group.id": f"{self.topics.prefix}.check",
+                "enable.auto.commit": False,
+            }
+        )
+        statuses: dict[str, int] = {}
+        try:
+            reader.assign([TopicPartition(topic, p, 0) for p in offsets.partitions(topic)])
+            seen = 0
+            deadline = time.monotonic() + 60
+            while seen < expected and time.monotonic() < deadline:
+                for msg in reader.consume(num_messages=1000, timeout=0.2):
+                    if msg.error() is None:
+                        seen += 1
+                        status = decode_outcome(msg.value() or b"").status.value
+                        statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            reader.close()
+        if set(statuses) != {OutcomeStatus.SENT.value}:
+            raise RuntimeError(f"outcomes other than sent: {statuses}")
+
+    # --- latency ------------------------------------------------------------------------------------------
+    def latency(self, service: Service, deployment: Deployment) -> None:
+        count = int(self.plan.latency_seconds * LATENCY_RATE)
+        prod = producer(self.servers, **{"linger.ms": 0})
+        template = self.records
+        before = count_lines(self.fast_log)
+        sent_at: dict[str, float] = {}
+        start = time.monotonic() + 0.1
+        for n in range(count):
+            delay = start + n / LATENCY_RATE - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            event_id = f"lat-{n}"
+            now = datetime.now(UTC)
+            sent_at[event_id] = now.timestamp()
+            value = template.value(event_id, MAIL_TRIGGER, "p-fast", now.isoformat())
+            prod.produce(deployment.topics["lms"], key=event_id.encode(), value=value)
+            prod.poll(0)
+        prod.flush(30)
+        wait_for(
+            lambda: count_lines(self.fast_log) >= before + count,
+            120,
+            "latency: mails at the sink",
+            0.05,
+            service.check_alive,
+        )
+        latencies = []
+        for entry in read_sink_log(self.fast_log):
+            event_id = str(entry.get("subject") or "").removeprefix("bench ")
+            if event_id in sent_at:
+                latencies.append((float(entry["ts"]) - sent_at.pop(event_id)) * 1000)
+        if sent_at:
+            raise RuntimeError(f"latency: {len(sent_at)} mails never reached the sink")
+        self.figures["latency_p50_ms"] = round(percentile(latencies, 50), 1)
+        self.figures["latency_p99_ms"] = round(percentile(latencies, 99), 1)
+        self.figures["latency_max_ms"] = round(max(latencies), 1)
+        self.figures["latency_events"] = float(count)
+
+    # --- the naive peer -----------------------------------------------------------------------------------
+    def naive_peer(self) -> None:
+        count = self.plan.naive_mails
+        topic = self.topics.create("naive", 1)
+        produce_all(self.servers, topic, self.records.batch("naive", count, MAIL_TRIGGER, "p-esp"))
+        command = [
+            sys.executable,
+            "-m",
+            "bench.peers.naive",
+            "--bootstrap",
+            self.servers,
+            "--topic",
+            topic,
+            "--group",
+            f"{self.topics.prefix}.naive",
+            "--smtp-port",
+            str(self.esp_port),
+            "--count",
+            str(count),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"the naive peer failed ({result.returncode}):\n{result.stderr[-2000:]}")
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        self.figures["naive_peer_esp_per_s"] = float(report["per_s"])
+
+    # --- memory -------------------------------------------------------------------------------------------
+    def memory(self) -> None:
+        plan = self.plan
+        deployment = self.deployment("memory")
+        topic = deployment.topics["lms"]
+        total = plan.memory_filtered + plan.memory_mailed
+        every = total // plan.memory_mailed
+        offsets = Offsets(self.servers, deployment.group_id)
+        progress = Offsets(self.servers, deployment.group_id)
+        template = self.records
+        stamp = datetime.now(UTC).isoformat()
+
+        def stream() -> Any:
+            mailed = 0
+            for n in range(total):
+                event_id = f"mem-{n}"
+                if n % every == every - 1 and mailed < plan.memory_mailed:
+                    mailed += 1
+                    yield event_id.encode(), template.value(event_id, MAIL_TRIGGER, "p-fast", stamp)
+                else:
+                    yield event_id.encode(), template.value(event_id, FILTER_TRIGGER, "p-fast", stamp)
+
+        failure: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                produce_all(self.servers, topic, stream())
+            except BaseException as exc:
+                failure.append(exc)
+
+        try:
+            service = self.service(deployment, "memory")
+            service.wait_ready()
+            with RssSampler(service.pid, lambda: progress.committed(topic)) as sampler:
+                writer = threading.Thread(target=produce, name="stream", daemon=True)
+                writer.start()
+                wait_for(
+                    lambda: (
+                        offsets.committed(topic) >= total
+                        and offsets.end(deployment.topics["outcomes"]) >= plan.memory_mailed
+                    ),
+                    3600,
+                    "memory: the stream",
+                    0.25,
+                    service.check_alive,
+                )
+                writer.join(60)
+                sampler.sample()
+            if failure:
+                raise failure[0]
+            service.stop()
+        finally:
+            offsets.close()
+            progress.close()
+        samples = sampler.samples
+        tenth = next(rss for _, done, rss in samples if done >= total / 10)
+        end = samples[-1][2]
+        self.figures["memory_peak_rss_mb"] = round(max(sampler.hwm, *(rss for _, _, rss in samples)), 1)
+        self.figures["memory_rss_growth_mb"] = round(end - tenth, 1)
+        self.figures["memory_rss_at_10pct_mb"] = round(tenth, 1)
+        self.figures["memory_stream_events"] = float(total)
+
+    # --- all of it ----------------------------------------------------------------------------------------
+    def run(self, only: tuple[str, ...]) -> dict[str, float]:
+        self.only = only
+        steps: list[tuple[str, Callable[[], None]]] = []
+        # the plain consumer and the service take turns, so a slow stretch of the machine hits both
+        for n in range(self.plan.filter_rounds):
+            steps += [("decode", self.raw_consume_decode), ("filter", functools.partial(self.filter_only, n))]
+        steps += [
+            ("decode", self.raw_consume_decode),
+            ("mail", self.mail),
+            ("naive", self.naive_peer),
+            ("memory", self.memory),
+        ]
+        with stopping(self.cleanup):
+            try:
+                self.start_sinks()
+                for name, step in steps:
+                    wanted = name in only or (name == "mail" and bool({"smtp", "latency"} & set(only)))
+                    if not wanted:
+                        continue
+                    started = time.monotonic()
+                    step()
+                    print(f"bench.pipeline: {name} took {time.monotonic() - started:.1f} s", file=sys.stderr)
+            finally:
+                self.topics.cleanup()
+        for figure, values in self.rounds.items():
+            self.figures[figure] = round(statistics.median(values), 1)
+        if "filter" in only:
+            self.figures["filter_events"] = float(self.plan.filter_events)
+        return dict(sorted(self.figures.items()))
+
+
+def service_metric(service: Service, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, body = service.get("/metrics")
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def run(
+    quick: bool, only: tuple[str, ...] = SCENARIOS, profile: Path | None = None, profile_format: str = "svg"
+) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="eventmail-bench-") as work:
+        return Bench(Plan.of(quick), Path(work), profile, profile_format).run(only)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline")
+    parser.add_argument("--quick", action="store_true", help="smaller streams and fewer rounds")
+    parser.add_argument("--only", action="append", choices=SCENARIOS, help="run only these scenarios")
+    parser.add_argument("--profile", type=Path, help="run each service under py-spy; profiles go here")
+    parser.add_argument(
+        "--profile-format",
+        choices=("svg", "txt", "json"),
+        default="svg",
+        help="svg: flame graph; txt: collapsed stacks; json: speedscope",
+    )
+    args = parser.parse_args(argv)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    figures = run(args.quick, tuple(args.only or SCENARIOS), args.profile, args.profile_format)
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

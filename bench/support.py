@@ -1,0 +1,503 @@
+"""What the end-to-end benchmarks share: the broker, throwaway topics, fast producing, event records,
+``eventmail run`` as a child process (readiness, RSS, committed offsets) and the SMTP sink's log.
+
+Nothing here measures anything; :mod:`bench.pipeline` decides what is timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from consumer.events.codec import EventDecoder, encode_json
+from consumer.events.model import Event
+from consumer.events.triggers import Platform
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Headers = list[tuple[str, bytes]]
+
+
+def bootstrap() -> str:
+    """``EVENTMAIL_KAFKA__BOOTSTRAP_SERVERS``, else ``127.0.0.1:$KAFKA_PORT`` (9092, as ``make bench``)."""
+    given = os.environ.get("EVENTMAIL_KAFKA__BOOTSTRAP_SERVERS")
+    return given or f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- topics -------------------------------------------------------------------------------------------
+
+
+class Topics:
+    """Uniquely named topics, created on demand and deleted by :meth:`cleanup`."""
+
+    def __init__(self, servers: str, prefix: str = "bench") -> None:
+        self.servers = servers
+        self.admin = AdminClient({"bootstrap.servers": servers})
+        self.prefix = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.created: list[str] = []
+
+    def create(self, name: str, partitions: int = 1, compacted: bool = False) -> str:
+        topic = f"{self.prefix}.{name}"
+        config = {"cleanup.policy": "compact"} if compacted else {}
+        futures = self.admin.create_topics([NewTopic(topic, partitions, 1, config=config)])
+        futures[topic].result(timeout=30)
+        self.created.append(topic)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            metadata = self.admin.list_topics(topic, timeout=5).topics.get(topic)
+            if (
+                metadata is not None
+                and metadata.error is None
+                and len(metadata.partitions) == partitions
+                and all(p.leader >= 0 for p in metadata.partitions.values())
+            ):
+                return topic
+            time.sleep(0.05)
+        raise TimeoutError(f"topic {topic} has no leader after 30 s")
+
+    def cleanup(self) -> None:
+        if not self.created:
+            return
+        futures = self.admin.delete_topics(self.created, operation_timeout=30)
+        for future in futures.values():
+            with contextlib.suppress(KafkaException):
+                future.result(timeout=30)
+        self.created.clear()
+
+
+@dataclass
+class Deployment:
+    """The topics, group and settings of one ``eventmail run`` deployment under benchmark."""
+
+    servers: str
+    topics: dict[str, str]
+    group_id: str
+    esp_connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, topics: Topics, name: str, partitions: int = 3) -> Deployment:
+        names = {
+            "lms": topics.create(f"{name}.lms", partitions),
+            "call_logic": topics.create(f"{name}.calllogic", 1),
+            "rules": topics.create(f"{name}.rules", 1, compacted=True),
+            "outcomes": topics.create(f"{name}.outcomes", partitions),
+            "alerts": topics.create(f"{name}.alerts", 1),
+            "dlq": topics.create(f"{name}.dlq", 1),
+            "retry": topics.create(f"{name}.retry", partitions),
+        }
+        return cls(topics.servers, names, group_id=f"{topics.prefix}.{name}")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            "EVENTMAIL_KAFKA__BOOTSTRAP_SERVERS": self.servers,
+            "EVENTMAIL_GROUP_ID": self.group_id,
+            "EVENTMAIL_LOG_FORMAT": "json",
+            "EVENTMAIL_LOG_LEVEL": "INFO",
+            "EVENTMAIL_ESP_CONNECTIONS": json.dumps(self.esp_connections),
+        }
+        env.update({f"EVENTMAIL_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()})
+        env.update(extra)
+        return env
+
+    def settings(self) -> Any:
+        from consumer.settings import Settings
+
+        return Settings(
+            kafka={"bootstrap_servers": self.servers},
+            group_id=self.group_id,
+            topics=self.topics,
+            esp_connections=self.esp_connections,
+        )
+
+    def apply_rules(self, documents: Sequence[dict[str, Any]]) -> None:
+        """Validate the rule documents as ``eventmail rules apply`` does and write them to the topic."""
+        from consumer.rules.checks import RuleContext
+        from consumer.rules.publish import publish_rules
+        from consumer.rules.validation import validate_rule
+
+        settings = self.settings()
+        context = RuleContext.for_files(settings)
+        publish_rules(settings, [validate_rule(doc, context) for doc in documents])
+
+
+# --- records ------------------------------------------------------------------------------------------
+
+
+class EventRecords:
+    """JSON event records as the platform writes them, built from one template (fast enough for a
+    million records); the first one is checked with :class:`EventDecoder`."""
+
+    _MARKS = ("@@EVENT@@", "@@TRIGGER@@", "2001-01-01T00:00:00+00:00", "@@PRODUCT@@", "@@LEAD@@")
+
+    def __init__(self) -> None:
+        event_id, trigger, _, product, lead = self._MARKS
+        sample = Event(
+            platform=Platform.LMS,
+            event_id=event_id,
+            trigger="lead_sold",
+            occurred_at=datetime(2001, 1, 1, tzinfo=UTC),
+            product_id=product,
+            campaign_id="c-7",
+            lead_id=lead,
+            publisher_id="pub-1",
+            channel_id="ch-1",
+            source_id="src-1",
+            buyer_id="buyer-1",
+            pingtree_id="pt-1",
+            method="POST",
+            tracking_strategy="direct_sold",
+            price=12.5,
+            currency="USD",
+            data={"first_name": "Ada", "last_name": "Lovelace", "state": "CA", "city": "Sacramento"},
+        )
+        text = encode_json(sample).decode().replace("%", "%%")
+        text = text.replace('"lead_sold"', f'"{trigger}"')
+        for mark in self._MARKS:
+            text = text.replace(mark, "%s")
+        self._template = text
+        check = self.value("ev-check", "lead_sold", "p-check", datetime.now(UTC).isoformat())
+        event = EventDecoder().decode(Platform.LMS, check)
+        if (event.event_id, event.product_id) != ("ev-check", "p-check"):
+            raise AssertionError(f"the event template does not round-trip: {event!r}")
+
+    def value(self, event_id: str, trigger: str, product: str, occurred_at: str) -> bytes:
+        return (self._template % (event_id, trigger, occurred_at, product, f"lead-{event_id}")).encode()
+
+    def batch(
+        self, prefix: str, count: int, trigger: str, product: str, occurred_at: str | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """``count`` (key, value) records with event ids ``{prefix}-{n}``."""
+        stamp = occurred_at or datetime.now(UTC).isoformat()
+        template = self._template
+        out: list[tuple[bytes, bytes]] = []
+        for n in range(count):
+            event_id = f"{prefix}-{n}"
+            out.append(
+                (
+                    event_id.encode(),
+                    (template % (event_id, trigger, stamp, product, f"lead-{event_id}")).encode(),
+                )
+            )
+        return out
+
+
+def producer(servers: str, **config: Any) -> Producer:
+    return Producer(
+        {
+            "bootstrap.servers": servers,
+            "enable.idempotence": True,
+            "linger.ms": 10,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 500_000,
+            **config,
+        }
+    )
+
+
+def produce_all(
+    servers: str,
+    topic: str,
+    records: Iterable[tuple[bytes, bytes]],
+    headers: Callable[[bytes], Headers] | None = None,
+    out: Producer | None = None,
+) -> int:
+    """Produce every record and wait for the acknowledgements; the number produced."""
+    prod = out or producer(servers)
+    failures: list[Any] = []
+
+    def report(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(err)
+
+    count = 0
+    for key, value in records:
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
+        if headers is not None:
+            kwargs["headers"] = headers(value)
+        while True:
+            try:
+                prod.produce(topic, **kwargs)
+                break
+            except BufferError:
+                prod.poll(0.05)
+        count += 1
+        if count % 1000 == 0:
+            prod.poll(0)
+    remaining = prod.flush(120)
+    if failures or remaining:
+        raise RuntimeError(f"producing to {topic}: {remaining} unacknowledged, errors {failures[:3]}")
+    return count
+
+
+# --- offsets ------------------------------------------------------------------------------------------
+
+
+class Offsets:
+    """Committed offsets of a group and end offsets of topics, read without joining the group."""
+
+    def __init__(self, servers: str, group_id: str) -> None:
+        self._consumer = Consumer(
+            {"bootstrap.servers": servers, "group.id": group_id, "enable.auto.commit": False}
+        )
+        self._partitions: dict[str, list[int]] = {}
+
+    def partitions(self, topic: str) -> list[int]:
+        if topic not in self._partitions:
+            metadata = self._consumer.list_topics(topic, timeout=10).topics[topic]
+            self._partitions[topic] = sorted(metadata.partitions)
+        return self._partitions[topic]
+
+    def committed(self, topic: str) -> int:
+        """The sum over partitions of the committed offsets (0 where none)."""
+        listed = [TopicPartition(topic, p) for p in self.partitions(topic)]
+        return sum(max(tp.offset, 0) for tp in self._consumer.committed(listed, timeout=10))
+
+    def end(self, topic: str) -> int:
+        """The sum over partitions of the high watermarks."""
+        total = 0
+        for p in self.partitions(topic):
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+            total += high
+        return total
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+# --- eventmail run ------------------------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MiB, from /proc/PID/status; (0, 0) once it is gone."""
+    values = {"VmRSS": 0.0, "VmHWM": 0.0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in values:
+                values[key] = int(rest.split()[0]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return values["VmRSS"], values["VmHWM"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far, from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Service:
+    """``eventmail run`` as a child process with its own HTTP port and log file.
+
+    With ``profile_to`` set (a file name ending in .svg/.txt/.json) and ``py-spy`` installed, the
+    service runs under ``py-spy record`` (every thread, idle time left out) and the profile is written
+    there when the service stops.
+    """
+
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str, profile_to: Path | None = None) -> None:
+        self.port = free_port()
+        self.name = name
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("EVENTMAIL_")},
+            **env,
+            "EVENTMAIL_HTTP__PORT": str(self.port),
+            "EVENTMAIL_HTTP__HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.log_path = log_dir / f"{name}.log"
+        self.profile_to = profile_to
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._spy: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        command = [sys.executable, "-m", "consumer.cli.main", "run"]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
+            if self.profile_to is not None:
+                self._spy = _py_spy(self.proc.pid, self.profile_to, log)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def get(self, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                code, body = self.get("/readyz")
+                if code == 200:
+                    return
+                last = body
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s ({last}):\n{self.tail()}")
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (a clean drain and exit), SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._spy is not None:
+            try:
+                self._spy.wait(60)
+            except subprocess.TimeoutExpired:
+                self._spy.kill()
+        return self.proc.returncode
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _py_spy(pid: int, out: Path, log: Any) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("bench: py-spy is not installed; no profile", file=sys.stderr)
+        return None
+    kind = {".svg": "flamegraph", ".txt": "raw", ".json": "speedscope"}.get(out.suffix, "flamegraph")
+    command = [spy, "record", "--pid", str(pid), "--threads", "--rate", "200", "-f", kind, "-o", str(out)]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+class RssSampler:
+    """Samples a process's RSS every ``interval`` seconds in a thread, with a progress figure."""
+
+    def __init__(self, pid: int, progress: Callable[[], int], interval: float = 0.25) -> None:
+        self.pid = pid
+        self.progress = progress
+        self.interval = interval
+        self.samples: list[tuple[float, int, float]] = []  # (time, progress, rss MiB)
+        self.hwm = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def sample(self) -> tuple[int, float]:
+        done = self.progress()
+        rss, hwm = rss_mb(self.pid)
+        self.hwm = max(self.hwm, hwm)
+        self.samples.append((time.monotonic(), done, rss))
+        return done, rss
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+
+# --- the SMTP sink's log ------------------------------------------------------------------------------
+
+
+def read_sink_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out: list[dict[str, Any]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+def count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except OSError:
+        return 0
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02, alive: Any = None
+) -> float:
+    """Poll ``condition`` until true; the time (``perf_counter``) it was first seen true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not done within {timeout:.0f} s")
+        if alive is not None:
+            alive()
+        time.sleep(interval)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest-rank."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+@contextlib.contextmanager
+def stopping(items: list[Any]) -> Iterator[list[Any]]:
+    """Stop every service / sink process appended to ``items`` on the way out, newest first."""
+    try:
+        yield items
+    finally:
+        for item in reversed(items):
+            with contextlib.suppress(Exception):
+                item()
