@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
@@ -229,3 +230,37 @@ def test_arbitrary_subject_and_name_never_add_a_header(subject: str, name: str) 
     assert built.recipients == ("ops@example.com",)
     # the subject survives (folding may change whitespace, never the text)
     assert "".join(str(parsed["Subject"]).split()) == "".join(subject.split())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    subject=st.text(max_size=200),
+    names=st.lists(st.text(max_size=40), min_size=3, max_size=3),
+    html=st.booleans(),
+)
+def test_reused_headers_change_no_byte_of_the_message(subject: str, names: list[str], html: bool) -> None:
+    """The reusing policy (parsed and folded headers kept across mails) writes exactly what the
+    stock SMTP policy of the email package writes, refusals included."""
+    import consumer.mail.message as message
+
+    def built_with(policy: email.policy.EmailPolicy) -> bytes | str:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(message, "POLICY", policy.clone(cte_type="7bit", max_line_length=998))
+            patch.setattr(
+                message, "POLICY_UTF8", policy.clone(cte_type="7bit", max_line_length=998, utf8=True)
+            )
+            try:
+                data = build(
+                    subject,
+                    html="<p>x</p>" if html else None,
+                    sender=A("sales@example.com", names[0]),
+                    to=(A("ops@example.com", names[1]), OPS),
+                    cc=(A("zoë@example.com", names[2]),),
+                ).data
+            except MessageError as exc:
+                return f"{exc.field}: {exc}"
+        return re.sub(rb"={15}\d+==", b"BOUNDARY", data)  # a multipart's boundary is random
+
+    reused = message.POLICY
+    assert built_with(reused) == built_with(email.policy.SMTP)
+    assert built_with(reused) == built_with(reused)  # a second time: from the kept headers
