@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,8 +34,44 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class RepeatFilter(logging.Filter):
+    """Holds back repeats of a warning or error: the first goes out, then at most one per ``interval``
+    seconds, carrying ``repeated`` (how many were held back). A broker restart makes librdkafka report
+    the same refused connection hundreds of times a second; the log should say it, not drown in it.
+    Repeats are told apart by logger, message and the error text with its numbers left out."""
+
+    def __init__(self, interval: float = 10.0, max_keys: int = 1024) -> None:
+        super().__init__()
+        self.interval = interval
+        self.max_keys = max_keys
+        self._seen: dict[tuple[str, str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        detail = str(getattr(record, "kafka_error", "") or getattr(record, "error", ""))
+        key = (record.name, str(record.msg), _DIGITS.sub("#", detail))
+        now = time.monotonic()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is not None and now - entry[0] < self.interval:
+                entry[1] += 1
+                return False
+            if len(self._seen) >= self.max_keys:
+                self._seen.clear()
+            self._seen[key] = [now, 0]
+        if entry is not None and entry[1]:
+            record.repeated = int(entry[1])
+        return True
+
+
+_DIGITS = re.compile(r"\d+")
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RepeatFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -41,9 +41,10 @@ from consumer.pipeline.retry import RetryRecord, schedule
 from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
-#: A DLQ record keeps at most this much of the bad record's value (Kafka's default limit is ~1 MiB per
-#: record, key and headers included).
-DLQ_MAX_VALUE_BYTES = 900_000
+#: A DLQ record (key, value and headers) stays under this size: the producer's default limit is
+#: 1,000,000 bytes, and a record the consumer refused for its size must still reach the DLQ.
+DLQ_MAX_RECORD_BYTES = 990_000
+DLQ_MAX_KEY_BYTES = 10_000
 
 
 class MatchedRule(Protocol):
@@ -306,13 +307,17 @@ class RecordProcessor:
             (k, v) for k, v in _headers(msg) if v is not None and not k.startswith("eventmail.")
         ]
         headers += [("eventmail.error", error[:1000].encode()), ("eventmail.source", where.encode())]
-        value = msg.value()
-        if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
+        value, key = msg.value(), msg.key()
+        if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+            headers.append(("eventmail.key_truncated_from", str(len(key)).encode()))
+            key = key[:DLQ_MAX_KEY_BYTES]
+        budget = DLQ_MAX_RECORD_BYTES - len(key or b"") - sum(len(k) + len(v) + 8 for k, v in headers) - 64
+        if value is not None and len(value) > budget:
             # Kafka would refuse the record as it came (it was refused for its size): keep its start,
             # and say how long it was; the source offset points at the whole record while it is retained.
             headers.append(("eventmail.truncated_from", str(len(value)).encode()))
-            value = value[:DLQ_MAX_VALUE_BYTES]
-        await self.producer.send(self.topics.dlq, value, key=msg.key(), headers=headers)
+            value = value[: max(0, budget - 64)]
+        await self.producer.send(self.topics.dlq, value, key=key, headers=headers)
         DLQ_RECORDS.labels(source=topic).inc()
         log.warning("record sent to the DLQ", extra={"error": error[:300], "source": where})
 

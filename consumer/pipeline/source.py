@@ -130,6 +130,10 @@ class SourceConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(p.topic, p.partition) for p in partitions}
+        if partitions:
+            # librdkafka keeps a partition's pause across a rebalance: one this consumer paused, lost
+            # (e.g. while the broker was away) and is given back would never be fetched again.
+            consumer.resume(partitions)
         committed = consumer.committed(partitions, timeout=30) if partitions else []
         offsets = {(p.topic, p.partition): p.offset for p in committed}
         self._handler.on_assigned(offsets)
@@ -152,6 +156,10 @@ class SourceConsumer:
 
     def _forget(self, keys: set[TopicPartitionKey]) -> None:
         self._assigned -= keys
+        paused = keys & self._paused
+        if paused:  # see _on_assign: a pause outlives the assignment
+            with contextlib.suppress(KafkaException):
+                self._consumer.resume([TopicPartition(t, p) for t, p in paused])
         self._paused -= keys
         for topic, partition in keys:
             with contextlib.suppress(KeyError):
