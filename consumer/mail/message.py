@@ -179,6 +179,11 @@ class _Checked:
     envelope: str  # as used in MAIL FROM / RCPT TO (ASCII domain when possible)
     header: HeaderAddress
 
+    @property
+    def parts(self) -> tuple[str, str, str]:
+        """(display name, user, domain), as the header is made of."""
+        return self.header.display_name, self.header.username, self.header.domain
+
 
 @functools.lru_cache(maxsize=8192)
 def _validated(email: str) -> tuple[str, str]:
@@ -206,6 +211,15 @@ def _address(field: str, address: Address) -> _Checked:
     except (ValueError, TypeError, IndexError) as exc:
         raise MessageError(field, f"cannot be written as a header: {exc}") from None
     return _Checked(envelope, header)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _address_header(
+    policy: _ReusingPolicy, name: str, addresses: tuple[tuple[str, str, str], ...]
+) -> BaseHeader:
+    """The header object for (display name, user, domain) addresses, made once (see _ReusingPolicy)."""
+    header = policy.header_factory(name, [HeaderAddress(*parts) for parts in addresses])
+    return cast(BaseHeader, header)
 
 
 def _many(field: str, addresses: Iterable[Address]) -> list[_Checked]:
@@ -247,11 +261,12 @@ def build_message(
     utf8 = not all(c.envelope.isascii() for c in everyone)
     message_id = message_id_for(event_id, rule_id, message_id_domain)
 
-    msg = EmailMessage(policy=POLICY_UTF8 if utf8 else POLICY)
-    msg["From"] = from_.header
-    msg["To"] = [c.header for c in to_list]
+    policy = POLICY_UTF8 if utf8 else POLICY
+    msg = EmailMessage(policy=policy)
+    msg["From"] = _address_header(policy, "From", (from_.parts,))
+    msg["To"] = _address_header(policy, "To", tuple(c.parts for c in to_list))
     if cc_list:
-        msg["Cc"] = [c.header for c in cc_list]
+        msg["Cc"] = _address_header(policy, "Cc", tuple(c.parts for c in cc_list))
     msg["Subject"] = subject
     msg["Date"] = format_datetime(date or datetime.now(UTC))
     msg["Message-ID"] = message_id
