@@ -11,14 +11,10 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +25,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from consumer.devtools.process import ServiceProcess
 from consumer.events.codec import EventDecoder, encode_json
 from consumer.events.model import Event
 from consumer.events.triggers import Platform
@@ -42,12 +39,6 @@ def bootstrap() -> str:
     """``EVENTMAIL_KAFKA__BOOTSTRAP_SERVERS``, else ``127.0.0.1:$KAFKA_PORT`` (9092, as ``make bench``)."""
     given = os.environ.get("EVENTMAIL_KAFKA__BOOTSTRAP_SERVERS")
     return given or f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- topics -------------------------------------------------------------------------------------------
@@ -315,7 +306,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Service:
+class Service(ServiceProcess):
     """``eventmail run`` as a child process with its own HTTP port and log file.
 
     With ``profile_to`` set (a file name ending in .svg/.txt/.json) and ``py-spy`` installed, the
@@ -324,85 +315,32 @@ class Service:
     """
 
     def __init__(self, env: dict[str, str], log_dir: Path, name: str, profile_to: Path | None = None) -> None:
-        self.port = free_port()
-        self.name = name
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("EVENTMAIL_")},
-            **env,
-            "EVENTMAIL_HTTP__PORT": str(self.port),
-            "EVENTMAIL_HTTP__HOST": "127.0.0.1",
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.log_path = log_dir / f"{name}.log"
+        super().__init__("run", env, log_dir, name, cwd=ROOT)
         self.profile_to = profile_to
-        self.proc: subprocess.Popen[bytes] | None = None
         self._spy: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Service:
-        command = [sys.executable, "-m", "consumer.cli.main", "run"]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
-            if self.profile_to is not None:
-                self._spy = _py_spy(self.proc.pid, self.profile_to, log)
+        super().start()
+        if self.profile_to is not None:
+            with self.log_path.open("ab") as log:
+                self._spy = _py_spy(self.pid, self.profile_to, log)
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def get(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
     def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                code, body = self.get("/readyz")
-                if code == 200:
-                    return
-                last = body
-            except OSError as exc:
-                last = str(exc)
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready after {timeout}s ({last}):\n{self.tail()}")
+        super().wait_ready(timeout)
 
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM (a clean drain and exit), SIGKILL after ``timeout``."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM (a clean drain and exit), SIGKILL after ``timeout``; then the profile is written."""
+        if self.proc is not None and self.proc.poll() is None:
             try:
-                self.proc.wait(timeout)
+                self.terminate(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                super().stop()
         if self._spy is not None:
             try:
                 self._spy.wait(60)
             except subprocess.TimeoutExpired:
                 self._spy.kill()
-        return self.proc.returncode
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 def _py_spy(pid: int, out: Path, log: Any) -> subprocess.Popen[bytes] | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from consumer.aggregator.runner import mailer_for
 from consumer.aggregator.service import Aggregator
 from consumer.aggregator.thresholds import Thresholds
 from consumer.aggregator.windows import Timeframe
+from consumer.devtools.process import free_port
 from consumer.observability.metrics import ALERT_SEND_FAILURES, BILLABLE_EVENTS
 from consumer.outcomes.codec import decode_alert, encode_outcome
 from consumer.outcomes.model import Alert, AlertKind, Outcome, OutcomeStatus
@@ -30,12 +30,6 @@ from tests.support.kafka import TopicFactory, consume_all, produce, unique_name
 from tests.support.smtp import SMTPTestServer
 
 FAILED, SENT = OutcomeStatus.FAILED, OutcomeStatus.SENT
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

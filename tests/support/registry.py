@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -22,17 +21,12 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from consumer.devtools.process import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_SCRIPT = ROOT / "deploy" / "local" / "registry" / "registry.sh"
 #: Suffixes of the topics the registry creates after its topic prefix.
 REGISTRY_TOPIC_SUFFIXES = ("-journal", "-snapshots", "-events")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class LocalRegistry:
