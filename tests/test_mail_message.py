@@ -232,35 +232,65 @@ def test_arbitrary_subject_and_name_never_add_a_header(subject: str, name: str) 
     assert "".join(str(parsed["Subject"]).split()) == "".join(subject.split())
 
 
-@settings(max_examples=200, deadline=None)
+ASCII_LINE = st.from_regex(r"[ -~]{0,120}", fullmatch=True)
+BODIES = st.one_of(st.none(), st.text(max_size=300), st.lists(ASCII_LINE, max_size=8).map("\n".join))
+
+
+@settings(max_examples=400, deadline=None)
 @given(
-    subject=st.text(max_size=200),
+    subject=st.one_of(st.text(max_size=200), ASCII_LINE),
     names=st.lists(st.text(max_size=40), min_size=3, max_size=3),
-    html=st.booleans(),
+    text=BODIES,
+    html=BODIES,
+    event_id=st.one_of(ASCII_LINE.filter(bool), st.text(min_size=1, max_size=40)),
 )
-def test_reused_headers_change_no_byte_of_the_message(subject: str, names: list[str], html: bool) -> None:
-    """The reusing policy (parsed and folded headers kept across mails) writes exactly what the
-    stock SMTP policy of the email package writes, refusals included."""
+def test_reused_headers_and_the_plain_shortcut_change_no_byte_of_the_message(
+    subject: str, names: list[str], text: str | None, html: str | None, event_id: str
+) -> None:
+    """The reusing policy (parsed and folded headers kept across mails) and the plain-message
+    shortcut write exactly what the stock SMTP policy of the email package writes, refusals included."""
     import consumer.mail.message as message
 
-    def built_with(policy: email.policy.EmailPolicy) -> bytes | str:
+    if text is None and html is None:
+        text = ""
+
+    def built_with(policy: email.policy.EmailPolicy, shortcut: bool) -> bytes | str:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(message, "POLICY", policy.clone(cte_type="7bit", max_line_length=998))
             patch.setattr(
                 message, "POLICY_UTF8", policy.clone(cte_type="7bit", max_line_length=998, utf8=True)
             )
+            patch.setattr(message, "PLAIN_SHORTCUT", shortcut)
             try:
-                data = build(
+                built = build(
                     subject,
-                    html="<p>x</p>" if html else None,
+                    text=text,
+                    html=html,
                     sender=A("sales@example.com", names[0]),
                     to=(A("ops@example.com", names[1]), OPS),
-                    cc=(A("zoë@example.com", names[2]),),
-                ).data
+                    cc=(A("cc@example.com", names[2]),),
+                    event_id=event_id,
+                )
             except MessageError as exc:
                 return f"{exc.field}: {exc}"
-        return re.sub(rb"={15}\d+==", b"BOUNDARY", data)  # a multipart's boundary is random
+        assert built.subject == str(built.message["Subject"])
+        return re.sub(rb"={15}\d+==", b"BOUNDARY", built.data)  # a multipart's boundary is random
 
+    stock = built_with(email.policy.SMTP, shortcut=False)
     reused = message.POLICY
-    assert built_with(reused) == built_with(email.policy.SMTP)
-    assert built_with(reused) == built_with(reused)  # a second time: from the kept headers
+    assert built_with(reused, shortcut=False) == stock
+    assert built_with(reused, shortcut=True) == stock
+    assert built_with(reused, shortcut=True) == stock  # a second time: from the kept headers
+
+
+def test_the_plain_shortcut_is_taken_for_the_usual_mail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short ASCII subject and a plain ASCII body never reach the email package's message object."""
+    import consumer.mail.message as message
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the general path was taken")
+
+    monkeypatch.setattr(message, "EmailMessage", refuse)
+    built = build("Lead L1 sold for 12.50", text="Lead L1 (Ada) sold.\nThanks.")
+    assert built.data.endswith(b"\r\n\r\nLead L1 (Ada) sold.\r\nThanks.\r\n")
+    assert built.message["Subject"] == "Lead L1 sold for 12.50"

@@ -104,7 +104,7 @@ def _described(built: BuiltMessage, empty: tuple[str, ...], label: str, attempts
         to=list(built.to),
         cc=list(built.cc),
         bcc=list(built.bcc),
-        subject=str(built.message["Subject"]),
+        subject=built.subject,
         message_id=built.message_id,
         connection=label,
         empty_placeholders=list(empty),
