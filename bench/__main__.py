@@ -50,6 +50,7 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=MODULES, help="run only these modules")
     args = parser.parse_args()
     started = time.monotonic()
+    machine_at_start = machine()
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
     for name in args.only or MODULES:
@@ -73,7 +74,7 @@ def main() -> int:
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
-        "machine": machine(),
+        "machine": machine_at_start,
         "seconds": round(time.monotonic() - started, 1),
         "results": results,
         "ratios": ratios(results),
