@@ -83,13 +83,10 @@ def _parsed(policy: _ReusingPolicy, name: str, value: str) -> BaseHeader:
     return cast(BaseHeader, EmailPolicy.header_store_parse(policy, name, value)[1])
 
 
-def _folded(policy: _ReusingPolicy, name: str, header: BaseHeader) -> bytes:
-    return _folded_text(policy, name, type(header), header)
-
-
 @functools.lru_cache(maxsize=_CACHE_SIZE)
-def _folded_text(policy: _ReusingPolicy, name: str, kind: type[BaseHeader], header: BaseHeader) -> bytes:
-    """``header`` (a str) is compared by its text: what it was parsed from determines how it folds."""
+def _folded(policy: _ReusingPolicy, name: str, header: BaseHeader) -> bytes:
+    """``header`` (a str) is compared by its text: the name gives its kind, and what it was parsed
+    from determines how it folds."""
     return EmailPolicy.fold_binary(policy, name, header)
 
 
@@ -355,22 +352,22 @@ def _plain_message(
     lines = body.encode("ascii").splitlines()
     if any(len(line) > MAX_LINE for line in lines):
         return None
-    out = [_folded(POLICY, name, header) for name, header in headers]
-    for name, value in (("Subject", subject), ("Date", date_text), ("Message-ID", message_id)):
-        if name == "Date":
-            out.append(_folded(POLICY, name, _parsed(POLICY, name, value)))
-        elif len(value) > _PLAIN_MAX or "=?" in value or not _PLAIN.fullmatch(value):
-            return None
-        else:
-            out.append(f"{name}: {value}\r\n".encode("ascii"))
-    for name, value in (("X-Eventmail-Rule", rule_id), ("X-Eventmail-Event", event_id)):
-        if len(value) > _PLAIN_MAX or "=?" in value or not _PLAIN.fullmatch(value):
-            return None
-        out.append(f"{name}: {value}\r\n".encode("ascii"))
-    out.append(b"Auto-Submitted: auto-generated\r\n")
-    out.append(_MIME["plain" if rendered.text is not None else "html"])
-    out.append(b"\r\n".join(lines) + b"\r\n")
-    return b"".join(out)
+    plain = [("Subject", subject), ("Message-ID", message_id)]
+    plain += [("X-Eventmail-Rule", rule_id), ("X-Eventmail-Event", event_id)]
+    if any(len(value) > _PLAIN_MAX or "=?" in value or not _PLAIN.fullmatch(value) for _, value in plain):
+        return None
+    subject_line, *id_lines = (f"{name}: {value}\r\n".encode("ascii") for name, value in plain)
+    return b"".join(
+        [
+            *(_folded(POLICY, name, header) for name, header in headers),
+            subject_line,
+            _folded(POLICY, "Date", _parsed(POLICY, "Date", date_text)),
+            *id_lines,
+            b"Auto-Submitted: auto-generated\r\n",
+            _MIME["plain" if rendered.text is not None else "html"],
+            b"\r\n".join(lines) + b"\r\n",
+        ]
+    )
 
 
 def _set_body(msg: EmailMessage, rendered: Rendered) -> None:

@@ -311,15 +311,21 @@ class RecordProcessor:
         if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
             headers.append(("eventmail.key_truncated_from", str(len(key)).encode()))
             key = key[:DLQ_MAX_KEY_BYTES]
-        budget = DLQ_MAX_RECORD_BYTES - len(key or b"") - sum(len(k) + len(v) + 8 for k, v in headers) - 64
-        if value is not None and len(value) > budget:
+        if value is not None and len(value) > _dlq_room(key, headers):
             # Kafka would refuse the record as it came (it was refused for its size): keep its start,
             # and say how long it was; the source offset points at the whole record while it is retained.
             headers.append(("eventmail.truncated_from", str(len(value)).encode()))
-            value = value[: max(0, budget - 64)]
+            value = value[: _dlq_room(key, headers)]
         await self.producer.send(self.topics.dlq, value, key=key, headers=headers)
         DLQ_RECORDS.labels(source=topic).inc()
         log.warning("record sent to the DLQ", extra={"error": error[:300], "source": where})
+
+
+def _dlq_room(key: bytes | None, headers: list[tuple[str, bytes | str]]) -> int:
+    """How many value bytes a DLQ record with this key and these headers may carry (a record's
+    framing, and each header's, counted generously)."""
+    framing = 64 + sum(len(k) + len(v) + 8 for k, v in headers)
+    return max(0, DLQ_MAX_RECORD_BYTES - len(key or b"") - framing)
 
 
 def _headers(msg: Message) -> list[tuple[str, bytes | str | None]]:
