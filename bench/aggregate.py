@@ -33,6 +33,7 @@ from consumer.aggregator.state import PartitionState
 from consumer.aggregator.thresholds import Thresholds
 from consumer.aggregator.windows import Timeframe
 from consumer.avro import encode_schemaless
+from consumer.devtools.produce import produce_every
 from consumer.settings import Settings
 
 RULES = [f"bench-rule-{i:03d}" for i in range(100)]
@@ -116,17 +117,8 @@ def rebuild(rate: int) -> dict[str, float]:
         )
         first_ms = int((time.time() - SIX_HOURS_S + 60) * 1000)
         step_ms = 1000 / rate
-        for i in range(total):
-            key, value = _record(i, first_ms + int(i * step_ms))
-            while True:
-                try:
-                    producer.produce(outcomes, key=key, value=value)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            if i % 10_000 == 0:
-                producer.poll(0)
-        producer.flush(120)
+        rows = (_record(i, first_ms + int(i * step_ms)) for i in range(total))
+        produce_every(producer, outcomes, ((key, value, None) for key, value in rows))
         settings = Settings(
             kafka={"bootstrap_servers": bootstrap},
             group_id=f"bench-{suffix}",

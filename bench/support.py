@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.devtools.process import ServiceProcess
+from consumer.devtools.produce import produce_every
 from consumer.events.codec import EventDecoder, encode_json
 from consumer.events.model import Event
 from consumer.events.triggers import Platform
@@ -219,31 +220,8 @@ def produce_all(
     out: Producer | None = None,
 ) -> int:
     """Produce every record and wait for the acknowledgements; the number produced."""
-    prod = out or producer(servers)
-    failures: list[Any] = []
-
-    def report(err: Any, _msg: Any) -> None:
-        if err is not None:
-            failures.append(err)
-
-    count = 0
-    for key, value in records:
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
-        if headers is not None:
-            kwargs["headers"] = headers(value)
-        while True:
-            try:
-                prod.produce(topic, **kwargs)
-                break
-            except BufferError:
-                prod.poll(0.05)
-        count += 1
-        if count % 1000 == 0:
-            prod.poll(0)
-    remaining = prod.flush(120)
-    if failures or remaining:
-        raise RuntimeError(f"producing to {topic}: {remaining} unacknowledged, errors {failures[:3]}")
-    return count
+    rows = ((key, value, headers(value) if headers else None) for key, value in records)
+    return produce_every(out or producer(servers), topic, rows)
 
 
 # --- offsets ------------------------------------------------------------------------------------------

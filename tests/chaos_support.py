@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from consumer.devtools.produce import Record, produce_every
 from consumer.devtools.smtp_sink import spawn_sink_process, stop_sink_process
 from consumer.outcomes.codec import decode_outcome
 from consumer.outcomes.model import Outcome, OutcomeStatus
@@ -364,7 +365,6 @@ def chaos_monkey(
 
 
 # --- producing -----------------------------------------------------------------------------------------
-Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 
 
 def produce_many(bootstrap: str, topic: str, records: Iterable[Record], partition: int | None = None) -> int:
@@ -380,28 +380,4 @@ def produce_many(bootstrap: str, topic: str, records: Iterable[Record], partitio
             "queue.buffering.max.messages": 500_000,
         }
     )
-    errors: list[Any] = []
-
-    def report(err: Any, _msg: Message) -> None:
-        if err is not None:
-            errors.append(err)
-
-    count = 0
-    for key, value, headers in records:
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
-        if headers:
-            kwargs["headers"] = headers
-        if partition is not None:
-            kwargs["partition"] = partition
-        while True:
-            try:
-                producer.produce(topic, **kwargs)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-        count += 1
-    remaining = producer.flush(60)
-    assert not errors, f"produce failed: {errors[:3]}"
-    assert remaining == 0, f"{remaining} records not delivered"
-    return count
+    return produce_every(producer, topic, records, partition, flush_timeout=60)
