@@ -74,7 +74,8 @@ def test_platform_and_call_tracking_pool() -> None:
     assert rejection(lms_rule, make_event(Platform.CALL_LOGIC)) == (
         "platform call_logic is not the rule's platform lms"
     )
-    pools = compile_rule(rule(platform="call_logic", filters={"call_tracking_pools": {"include": ["pool-1"]}}))
+    pools_filter = {"call_tracking_pools": {"include": ["pool-1"]}}
+    pools = compile_rule(rule(platform="call_logic", filters=pools_filter))
     assert rejection(pools, make_event(Platform.CALL_LOGIC, call_tracking_pool_id="pool-2")) == (
         "filters.call_tracking_pools.include does not contain pool-2"
     )
