@@ -11,6 +11,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "run",
     "logs",
     "rules",
+    "rules_authoring",
     "placeholders",
     "aggregate",
     "usage",

@@ -43,7 +43,7 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
     return out
 
 
-def _validated(settings: Settings, files: tuple[Path, ...]) -> list[tuple[Path, Rule]]:
+def validated_rules(settings: Settings, files: tuple[Path, ...]) -> list[tuple[Path, Rule]]:
     paths = _expand(files)
     if not paths:
         fail("no rule files (*.yaml, *.yml, *.json) in the given directories")
@@ -76,7 +76,7 @@ def validate_command(state: CliState, files: tuple[Path, ...]) -> None:
     in this deployment (EVENTMAIL_ESP_CONNECTIONS). A directory stands for its *.yaml/*.yml/*.json
     files. Exit 1 with one line per problem: FILE: rule ID: field.path: message.
     """
-    rules = _validated(state.settings(), files)
+    rules = validated_rules(state.settings(), files)
     click.echo(f"ok: {len(rules)} rule(s) valid")
 
 
@@ -93,7 +93,7 @@ def apply_command(state: CliState, files: tuple[Path, ...], dry_run: bool) -> No
     with its id as the key and acknowledged by the brokers before this command exits 0.
     """
     settings = state.settings()
-    rules = _validated(settings, files)
+    rules = validated_rules(settings, files)
     sealed: list[Rule] = []
     problems: list[str] = []
     for path, rule in rules:

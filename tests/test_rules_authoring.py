@@ -1,0 +1,268 @@
+"""``eventmail rules preview`` and ``eventmail rules test`` as an admin uses them on rule files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from email import message_from_bytes
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from consumer.events.codec import EventDecoder
+from consumer.events.triggers import Platform
+from consumer.mail.compose import compose
+from consumer.rules.matching import compile_rule
+from consumer.rules.preview import MailPreview, preview
+from consumer.rules.validation import validate_rule
+from tests.clirun import run_cli
+from tests.test_rules_model import CONTEXT
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "config" / "rules" / "examples"
+ENV = {"EVENTMAIL_ESP_CONNECTIONS": json.dumps({"default": {"host": "smtp.example.com"}})}
+SOLD = EXAMPLES / "product-lead-sold.yaml"
+HIGH = EXAMPLES / "price-range.yaml"
+EVENT: dict[str, Any] = {
+    "event_id": "e1",
+    "trigger": "lead_sold",
+    "occurred_at": "2026-01-01T00:00:00Z",
+    "product_id": "auto-insurance",
+    "lead_id": "L1",
+    "buyer_id": "b-1",
+    "publisher_id": "pub-2",
+    "channel_id": "ch-1",
+    "campaign_id": "c-9",
+    "method": "POST",
+    "price": 150.5,
+    "data": {"state": "CA"},
+}
+
+
+def event_file(tmp_path: Path, **changes: Any) -> Path:
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(EVENT | changes))
+    return path
+
+
+def test_preview_shows_envelope_headers_and_body(tmp_path: Path) -> None:
+    result = run_cli(["rules", "preview", str(SOLD), "--event", str(event_file(tmp_path))], ENV)
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert "envelope from: leads@example.com" in lines
+    assert "envelope to:   sales@example.com, sales-lead@example.com" in lines
+    assert "Subject: Lead L1 sold to b-1 for 150.5 USD" in lines
+    assert "X-Eventmail-Rule: lms-auto-lead-sold" in lines
+    assert "--- text/plain" in lines
+    assert "State:     CA" in lines
+
+
+def test_preview_json_is_the_mail_the_consumer_builds(tmp_path: Path) -> None:
+    result = run_cli(["rules", "preview", str(SOLD), "--event", str(event_file(tmp_path)), "--json"], ENV)
+    assert result.code == 0, result.err
+    shown = json.loads(result.out)
+    rule = validate_rule(yaml.safe_load(SOLD.read_text()), CONTEXT)
+    event = EventDecoder().decode(Platform.LMS, json.dumps(EVENT).encode())
+    _, built = compose(event, compile_rule(rule))
+    sent = message_from_bytes(built.data, policy=default_policy)
+    assert shown["matched"] is True
+    assert shown["envelope"] == {"sender": built.sender, "recipients": list(built.recipients)}
+    not_dated = [[k, str(v)] for k, v in sent.items() if k != "Date"]
+    assert [h for h in shown["headers"] if h[0] != "Date"] == not_dated
+    assert shown["parts"] == [{"content_type": "text/plain", "body": sent.get_content()}]
+
+
+def test_preview_lists_bcc_in_the_envelope_only(tmp_path: Path) -> None:
+    doc = yaml.safe_load(SOLD.read_text())
+    doc["action"]["bcc"] = [{"email": "audit@example.com"}]
+    rule_file = tmp_path / "rule.yaml"
+    rule_file.write_text(yaml.safe_dump(doc))
+    result = run_cli(
+        ["rules", "preview", str(rule_file), "--event", str(event_file(tmp_path)), "--json"], ENV
+    )
+    shown = json.loads(result.out)
+    assert shown["bcc"] == ["audit@example.com"]
+    assert "audit@example.com" in shown["envelope"]["recipients"]
+    assert all(name.lower() != "bcc" for name, _ in shown["headers"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"publisher_id": "pub-under-review"}, "filters.publishers.exclude contains pub-under-review"),
+        ({"trigger": "campaign_rejected"}, "trigger campaign_rejected is not in triggers (lead_sold)"),
+        ({"method": "FORM"}, "filters.method wants POST, the event's method is FORM"),
+    ],
+)
+def test_preview_names_the_condition_that_rejects(
+    tmp_path: Path, changes: dict[str, Any], reason: str
+) -> None:
+    result = run_cli(["rules", "preview", str(SOLD), "--event", str(event_file(tmp_path, **changes))], ENV)
+    assert result.code == 1
+    assert result.err.strip() == f"eventmail: rule lms-auto-lead-sold does not match: {reason}"
+    as_json = run_cli(
+        ["rules", "preview", str(SOLD), "--event", str(event_file(tmp_path, **changes)), "--json"], ENV
+    )
+    assert as_json.code == 1
+    assert json.loads(as_json.out) == {"rule_id": "lms-auto-lead-sold", "matched": False, "reason": reason}
+
+
+def test_preview_of_a_bad_event_names_the_field(tmp_path: Path) -> None:
+    result = run_cli(["rules", "preview", str(SOLD), "--event", str(event_file(tmp_path, price="lots"))], ENV)
+    assert result.code == 1
+    assert "price" in result.err
+    assert str(tmp_path / "event.json") in result.err
+
+
+def test_preview_of_a_file_with_several_rules_needs_rule(tmp_path: Path) -> None:
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump([yaml.safe_load(SOLD.read_text()), yaml.safe_load(HIGH.read_text())]))
+    result = run_cli(["rules", "preview", str(both), "--event", str(event_file(tmp_path))], ENV)
+    assert result.code == 1
+    assert "choose one with --rule (ids: lms-auto-lead-sold, lms-high-value-sales)" in result.err
+    chosen = run_cli(
+        ["rules", "preview", str(both), "--rule", "lms-auto-lead-sold", "--event", str(event_file(tmp_path))],
+        ENV,
+    )
+    assert chosen.code == 0, chosen.err
+
+
+def test_preview_agrees_with_the_library() -> None:
+    rule = compile_rule(validate_rule(yaml.safe_load(SOLD.read_text()), CONTEXT))
+    event = EventDecoder().decode(Platform.LMS, json.dumps(EVENT).encode())
+    result = preview(rule, event)
+    assert isinstance(result, MailPreview)
+    assert result.subject == "Lead L1 sold to b-1 for 150.5 USD"
+    assert result.to == ("sales@example.com",)
+    assert result.cc == ("sales-lead@example.com",)
+
+
+# --- rules test ------------------------------------------------------------------------------------------
+
+
+def suite(tmp_path: Path, tests: list[dict[str, Any]]) -> Path:
+    rules = tmp_path / "rules"
+    rules.mkdir(exist_ok=True)
+    shutil.copy(HIGH, rules / "high-value.yaml")
+    shutil.copy(SOLD, rules / "sold.yaml")
+    path = tmp_path / "tests.yaml"
+    path.write_text(
+        yaml.safe_dump({"rule_files": ["rules/high-value.yaml", "rules/sold.yaml"], "tests": tests})
+    )
+    return path
+
+
+HIGH_EVENT = {
+    "event_id": "e2",
+    "trigger": "lead_sold",
+    "occurred_at": "2026-01-01T00:00:00Z",
+    "campaign_id": "c-mortgage-refi",
+    "lead_id": "L1",
+    "tracking_strategy": "direct_sold",
+    "price": 150.5,
+}
+
+
+def test_rules_test_passes_on_the_truth(tmp_path: Path) -> None:
+    path = suite(
+        tmp_path,
+        [
+            {
+                "name": "a high-value sale mails finance",
+                "platform": "lms",
+                "event": HIGH_EVENT,
+                "expect": [
+                    {
+                        "rule": "lms-high-value-sales",
+                        "subject": "High-value sale: 150.5 USD for lead L1",
+                        "to": ["finance@example.com", "revenue-team@example.com"],
+                        "body_contains": ["sold at 150.5 USD"],
+                    }
+                ],
+            },
+            {
+                "name": "a cheap sale mails nobody",
+                "platform": "lms",
+                "event": HIGH_EVENT | {"price": 5},
+                "expect": [],
+            },
+        ],
+    )
+    result = run_cli(["rules", "test", str(path)], ENV)
+    assert result.code == 0, result.err
+    assert result.out.strip() == "ok: 2 test case(s) in 1 file(s) passed"
+
+
+def test_rules_test_reports_each_difference(tmp_path: Path) -> None:
+    path = suite(
+        tmp_path,
+        [
+            {
+                "name": "wrong subject and recipient",
+                "platform": "lms",
+                "event": HIGH_EVENT,
+                "expect": [
+                    {
+                        "rule": "lms-high-value-sales",
+                        "subject": "Big sale",
+                        "to": ["ceo@example.com"],
+                        "body_contains": ["Buyer"],
+                    }
+                ],
+            },
+            {
+                "name": "cheap sale expected to mail",
+                "platform": "lms",
+                "event": HIGH_EVENT | {"price": 5},
+                "expect": [{"rule": "lms-high-value-sales"}],
+            },
+            {"name": "unexpected mail", "platform": "lms", "event": HIGH_EVENT, "expect": []},
+        ],
+    )
+    result = run_cli(["rules", "test", str(path)], ENV)
+    assert result.code == 1
+    prefix = f"{path}: test"
+    assert result.err.splitlines() == [
+        f"{prefix} 'wrong subject and recipient': rule lms-high-value-sales: subject is"
+        " 'High-value sale: 150.5 USD for lead L1', expected 'Big sale'",
+        f"{prefix} 'wrong subject and recipient': rule lms-high-value-sales: to is"
+        " ['finance@example.com', 'revenue-team@example.com'], expected ['ceo@example.com']",
+        f"{prefix} 'wrong subject and recipient': rule lms-high-value-sales: body does not contain 'Buyer'",
+        f"{prefix} 'cheap sale expected to mail': rule lms-high-value-sales: expected a mail, the rule does"
+        " not match (price 5.0 is not in 100.0..500.0)",
+        f"{prefix} 'unexpected mail': rule lms-high-value-sales: matched and would send a mail, not expected",
+        "eventmail: 3 of 3 test case(s) failed",
+    ]
+
+
+def test_rules_test_json_and_bad_files(tmp_path: Path) -> None:
+    path = suite(
+        tmp_path, [{"name": "n", "platform": "lms", "event": HIGH_EVENT | {"price": "x"}, "expect": []}]
+    )
+    result = run_cli(["rules", "test", "--json", str(path)], ENV)
+    assert result.code == 1
+    report = json.loads(result.out)
+    assert report["cases"] == 1
+    assert report["failed"] == 1
+    assert "event: " in report["failures"][0]
+    assert "price" in report["failures"][0]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump({"rule_files": ["rules/none.yaml"], "tests": [{"name": "x"}]}))
+    result = run_cli(["rules", "test", str(broken)], ENV)
+    assert result.code == 1
+    assert "tests.0.platform" in result.err
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": ["rules/none.yaml"],
+                "tests": [{"name": "x", "platform": "lms", "event": {}, "expect": []}],
+            }
+        )
+    )
+    result = run_cli(["rules", "test", str(missing)], ENV)
+    assert result.code == 1
+    assert f"{missing}: rule_files: no such file: {tmp_path / 'rules' / 'none.yaml'}" in result.err
+    assert "0 of 0 test case(s) failed, 1 test file(s) unusable" in result.err
