@@ -22,8 +22,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed ## a .venv with eventmail and its development tools
 
-tools: ## helm, kubeconform and the PromQL rule checker (go install, cached in .cache/bin)
+tools: ## helm, kubeconform (go install) and Debian's prometheus + promtool (apt-get download), in .cache
 	deploy/helm/install-tools.sh
+	deploy/prometheus/install.sh
 
 test: install tools ## unit, property, integration (real Kafka, real SMTP), helm checks, short chaos runs
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)

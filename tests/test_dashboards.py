@@ -1,23 +1,23 @@
 """The Grafana dashboard and the Prometheus alerts, checked statically: they parse, every query is
-valid PromQL (Prometheus' own parser, via the rulecheck tool that ``deploy/helm/install-tools.sh``
-builds), every metric they read is one ``consumer/observability/metrics.py`` exposes, and every alert
-links a section of docs/operations.md.
+valid PromQL (``promtool check rules``, Debian's Prometheus 2.42 from deploy/prometheus/install.sh),
+every metric they read is one ``consumer/observability/metrics.py`` exposes, and every alert links a
+section of docs/operations.md. That the queries return data and the alerts fire is shown against a
+real Prometheus in tests/test_prometheus_e2e.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from consumer.observability import metrics
+from tests.support.prometheus import check_expressions
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "eventmail.json"
@@ -75,25 +75,10 @@ def exposed_names() -> set[str]:
     return names
 
 
-def rulecheck() -> Path:
-    path = Path(os.environ.get("EVENTMAIL_CACHE", ROOT / ".cache")) / "bin" / "rulecheck"
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"{path} is missing: run deploy/helm/install-tools.sh (make tools)")
-    return path
-
-
 def parse_promql(exprs: list[str]) -> list[dict[str, Any]]:
-    """Each expression parsed by Prometheus' parser: [{"error": ..., "metrics": [...]}]."""
-    result = subprocess.run(
-        [str(rulecheck()), "exprs"],
-        input=json.dumps(exprs),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    parsed: list[dict[str, Any]] = json.loads(result.stdout)
+    """Each expression parsed by promtool: [{"error": ... (if invalid), "metrics": [eventmail_* names]}]."""
+    with tempfile.TemporaryDirectory() as workdir:
+        parsed = check_expressions(exprs, Path(workdir))
     assert len(parsed) == len(exprs)
     return parsed
 

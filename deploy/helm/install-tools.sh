@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs the chart and alert tooling into $EVENTMAIL_CACHE/bin (once; cached), built from source with
-# the local Go toolchain through the Go module proxy:
+# Installs the chart tooling into $EVENTMAIL_CACHE/bin (once; cached), built from source with the local
+# Go toolchain through the Go module proxy:
 #   helm         chart lint and template
 #   kubeconform  Kubernetes manifest validation (used offline, with local schemas only)
-#   rulecheck    Prometheus' own rule-file and PromQL parser (deploy/prometheus/rulecheck)
+# Prometheus and promtool come from Debian's package: deploy/prometheus/install.sh (`make tools` runs both).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${EVENTMAIL_CACHE:-$root/.cache}
@@ -26,9 +26,3 @@ if [ "$("$bin/helm" version --template '{{.Version}}' 2>/dev/null || true)" != "
 fi
 [ -x "$bin/kubeconform" ] || go install "github.com/yannh/kubeconform/cmd/kubeconform@$kubeconform_version"
 
-# Rebuilt whenever its source or pinned dependencies change.
-src=$root/deploy/prometheus/rulecheck
-if [ ! -x "$bin/rulecheck" ] || [ "$src/main.go" -nt "$bin/rulecheck" ] \
-    || [ "$src/go.mod" -nt "$bin/rulecheck" ] || [ "$src/go.sum" -nt "$bin/rulecheck" ]; then
-    (cd "$src" && go build -trimpath -o "$bin/rulecheck" .)
-fi
