@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 
 from consumer.events.codec import EventDecoder
 from consumer.events.triggers import Platform
@@ -19,7 +20,8 @@ from consumer.rules.matching import compile_rule
 from consumer.rules.preview import MailPreview, preview
 from consumer.rules.validation import validate_rule
 from tests.clirun import run_cli
-from tests.test_rules_model import CONTEXT
+from tests.support.kafka import TopicFactory
+from tests.test_rules_model import CONTEXT, rule_doc
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "config" / "rules" / "examples"
 ENV = {"EVENTMAIL_ESP_CONNECTIONS": json.dumps({"default": {"host": "smtp.example.com"}})}
@@ -266,3 +268,115 @@ def test_rules_test_json_and_bad_files(tmp_path: Path) -> None:
     assert result.code == 1
     assert f"{missing}: rule_files: no such file: {tmp_path / 'rules' / 'none.yaml'}" in result.err
     assert "0 of 0 test case(s) failed, 1 test file(s) unusable" in result.err
+
+
+# --- rules diff, apply --prune, history (real broker) ----------------------------------------------------
+
+
+@pytest.fixture
+def topic_env(kafka_bootstrap: str, topic_factory: TopicFactory) -> dict[str, str]:
+    return {
+        **ENV,
+        "EVENTMAIL_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "EVENTMAIL_TOPICS__RULES": topic_factory("rules", compacted=True),
+        "EVENTMAIL_SECRET_KEY": Fernet.generate_key().decode(),
+    }
+
+
+def rule_file(tmp_path: Path, name: str, docs: list[dict[str, Any]]) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(docs, sort_keys=False))
+    return path
+
+
+def manual(rule_id: str, password: str, **overrides: Any) -> dict[str, Any]:
+    doc = rule_doc(id=rule_id, **overrides)
+    doc["action"]["connection"] = {
+        "type": "manual",
+        "host": "smtp.example.com",
+        "port": 587,
+        "encryption": "tls",
+        "login": "mailer",
+        "password": password,
+    }
+    return doc
+
+
+def test_diff_then_apply_prune_then_history(topic_env: dict[str, str], tmp_path: Path) -> None:
+    secret = "s3cret-pass-word"
+    first = rule_file(
+        tmp_path, "v1.yaml", [manual("r-manual", secret), rule_doc(id="r-old"), rule_doc(id="r-1")]
+    )
+    applied = run_cli(["rules", "apply", "--author", "ada@desk", str(first)], topic_env)
+    assert applied.code == 0, applied.err
+
+    # Same files: in sync, although the clear password would be sealed anew.
+    same = run_cli(["rules", "diff", "--prune", "--exit-code", str(first)], topic_env)
+    assert (same.code, same.out, same.err.strip()) == (0, "", "in sync: no differences")
+
+    changed_doc = manual("r-manual", "another-pass-word", name="Renamed")
+    second = rule_file(tmp_path, "v2.yaml", [changed_doc, rule_doc(id="r-1"), rule_doc(id="r-new")])
+    diff = run_cli(["rules", "diff", "--prune", "--exit-code", str(second)], topic_env)
+    assert diff.code == 3, diff.err
+    assert diff.out.splitlines() == [
+        "~ r-manual (changed)",
+        "    name: 'Lead sold' -> 'Renamed'",
+        "    action.connection.password: changed",
+        "+ r-new (added)",
+        "- r-old (removed)",
+    ]
+    without_prune = run_cli(["rules", "diff", "--json", str(second)], topic_env)
+    assert [json.loads(line) for line in without_prune.out.splitlines()] == [
+        {
+            "rule_id": "r-manual",
+            "change": "changed",
+            "fields": [
+                {"path": "name", "from": "Lead sold", "to": "Renamed"},
+                {"path": "action.connection.password", "changed": True},
+            ],
+        },
+        {"rule_id": "r-new", "change": "added", "fields": []},
+    ]
+    for output in (diff.out, diff.err, without_prune.out):
+        assert secret not in output
+        assert "another-pass-word" not in output
+
+    refused = run_cli(["rules", "apply", "--prune", str(second)], topic_env)  # no terminal to say yes
+    assert refused.code != 0
+    assert "r-new" not in run_cli(["rules", "list", "--json"], topic_env).out
+    pruned = run_cli(["rules", "apply", "--prune", "--yes", "--author", "bob@ci", str(second)], topic_env)
+    assert pruned.code == 0, pruned.err
+    assert "deleted r-old" in pruned.out.splitlines()
+    listed = {
+        json.loads(line)["id"] for line in run_cli(["rules", "list", "--json"], topic_env).out.splitlines()
+    }
+    assert listed == {"r-manual", "r-1", "r-new"}
+    assert run_cli(["rules", "diff", "--prune", "--exit-code", str(second)], topic_env).code == 0
+
+    history = run_cli(["rules", "history", "r-manual", "--json"], topic_env)
+    assert history.code == 0, history.err
+    versions = [json.loads(line) for line in history.out.splitlines()]
+    assert [(v["author"], v["added"]) for v in versions] == [("ada@desk", True), ("bob@ci", False)]
+    assert versions[1]["changes"] == [
+        {"path": "name", "from": "Lead sold", "to": "Renamed"},
+        {"path": "action.connection.password", "changed": True},
+    ]
+    assert versions[0]["offset"] < versions[1]["offset"]
+    old = run_cli(["rules", "history", "r-old"], topic_env)
+    lines = old.out.splitlines()
+    assert lines[0].endswith("ada@desk  added")
+    assert lines[1].endswith("bob@ci  deleted")
+    assert "older ones may have been removed by compaction" in old.err
+    text = run_cli(["rules", "history", "r-manual"], topic_env)
+    assert "    action.connection.password: changed" in text.out.splitlines()
+    assert secret not in text.out + history.out
+    missing = run_cli(["rules", "history", "r-none"], topic_env)
+    assert missing.code == 1
+    assert f"no record of rule r-none on {topic_env['EVENTMAIL_TOPICS__RULES']}" in missing.err
+
+
+def test_diff_of_invalid_files_exits_1(topic_env: dict[str, str], tmp_path: Path) -> None:
+    bad = rule_file(tmp_path, "bad.yaml", [rule_doc(id="bad", product_id=None)])
+    result = run_cli(["rules", "diff", "--exit-code", str(bad)], topic_env)
+    assert result.code == 1
+    assert "rule bad: product_id: required when level is product" in result.err

@@ -6,14 +6,16 @@ errors exit 2. Passwords are shown only as ``enc:…``, ``secret:NAME`` or ``***
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
+import socket
 from pathlib import Path
 
 import click
 import yaml
 from rich.console import Console
-from rich.table import Table
+from consumer.cli.tables import TextTable
 
 from consumer.cli.common import CliState, fail, pass_state
 from consumer.errors import SecretError
@@ -80,17 +82,43 @@ def validate_command(state: CliState, files: tuple[Path, ...]) -> None:
     click.echo(f"ok: {len(rules)} rule(s) valid")
 
 
+def default_author() -> str:
+    """user@host of whoever runs the command (the ``eventmail.author`` header of rules records)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+_AUTHOR = click.option(
+    "--author",
+    default=default_author,
+    show_default="user@host",
+    help="Recorded in the eventmail.author header of every record written (rules history shows it).",
+)
+
+
 @rules_group.command("apply")
 @_FILES
 @click.option("--dry-run", is_flag=True, help="Validate and seal passwords, but publish nothing.")
+@click.option(
+    "--prune", is_flag=True, help="Also delete the rules on the topic that the files no longer have."
+)
+@click.option("--yes", is_flag=True, help="With --prune: delete without asking.")
+@_AUTHOR
 @pass_state
-def apply_command(state: CliState, files: tuple[Path, ...], dry_run: bool) -> None:
+def apply_command(
+    state: CliState, files: tuple[Path, ...], dry_run: bool, prune: bool, yes: bool, author: str
+) -> None:
     """Validate rule files and publish them to the rules topic.
 
     Every rule of every file is validated first; if any is invalid nothing is published. A clear-text
     password of a manual connection is encrypted with EVENTMAIL_SECRET_KEY (stored as enc:...);
     secret:NAME passwords are published as they are and resolved by the service. Each rule is written
-    with its id as the key and acknowledged by the brokers before this command exits 0.
+    with its id as the key and acknowledged by the brokers before this command exits 0. With --prune,
+    rules on the topic that no file has are deleted (tombstones) after asking, or at once with --yes;
+    `eventmail rules diff --prune` shows which first.
     """
     settings = state.settings()
     rules = validated_rules(settings, files)
@@ -105,15 +133,22 @@ def apply_command(state: CliState, files: tuple[Path, ...], dry_run: bool) -> No
         for line in problems:
             click.echo(line, err=True)
         fail("nothing published")
+    pruned = sorted(set(topic_rules(settings)) - {rule.id for rule in sealed}) if prune else []
     if dry_run:
         for rule in sealed:
             click.echo(f"would apply {rule.id}")
+        for rule_id in pruned:
+            click.echo(f"would delete {rule_id}")
         return
+    if pruned and not yes and not click.confirm(f"delete {len(pruned)} rule(s): {', '.join(pruned)}?"):
+        fail("nothing published (answer y, or pass --yes)")
     for warning in check_topic(settings):
         click.echo(f"eventmail: warning: {warning}", err=True)
-    for written in publish_rules(settings, sealed):
+    for written in publish_rules(settings, sealed, author=author):
         where = f"{settings.topics.rules} partition {written.partition}, offset {written.offset}"
         click.echo(f"applied {written.rule_id} ({where})")
+    for written in publish_tombstones(settings, pruned, author=author) if pruned else []:
+        click.echo(f"deleted {written.rule_id}")
 
 
 def _rule_id(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -125,8 +160,9 @@ def _rule_id(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 
 @rules_group.command("delete")
 @click.argument("rule_ids", nargs=-1, required=True, metavar="RULE_ID...", callback=_rule_id)
+@_AUTHOR
 @pass_state
-def delete_command(state: CliState, rule_ids: tuple[str, ...]) -> None:
+def delete_command(state: CliState, rule_ids: tuple[str, ...], author: str) -> None:
     """Delete rules: write a tombstone (a record without value) for each id.
 
     Running services stop using the rules within a second. Deleting an id that has no rule is not
@@ -135,7 +171,7 @@ def delete_command(state: CliState, rule_ids: tuple[str, ...]) -> None:
     settings = state.settings()
     for warning in check_topic(settings):
         click.echo(f"eventmail: warning: {warning}", err=True)
-    for written in publish_tombstones(settings, list(rule_ids)):
+    for written in publish_tombstones(settings, list(rule_ids), author=author):
         click.echo(f"deleted {written.rule_id}")
 
 
@@ -151,6 +187,11 @@ def _read(settings: Settings) -> RuleIndex:
             err=True,
         )
     return index
+
+
+def topic_rules(settings: Settings) -> dict[str, Rule]:
+    """The valid rules on the rules topic by id (read to its end)."""
+    return {rule.rule_id: rule.rule for rule in _read(settings)}
 
 
 def _document(rule: CompiledRule) -> dict[str, object]:
@@ -171,7 +212,7 @@ def list_command(state: CliState, as_json: bool) -> None:
     if not len(index):
         click.echo("no rules", err=True)
         return
-    table = Table(title=f"{len(index)} rule(s)", expand=True)
+    table = TextTable(title=f"{len(index)} rule(s)", expand=True)
     for column in ("ID", "Name", "Enabled", "Platform", "Scope", "Triggers", "Connection", "Recipients"):
         table.add_column(column, overflow="fold", no_wrap=column in ("ID", "Enabled", "Platform"))
     for rule in index:

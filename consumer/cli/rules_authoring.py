@@ -7,17 +7,20 @@ The mail shown is built by the function the consumer sends with, the event decod
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from consumer.cli.common import CliState, fail, pass_state
-from consumer.cli.rules import validated_rules
+from consumer.cli.rules import topic_rules, validated_rules
 from consumer.errors import CodecError
 from consumer.events.codec import EventDecoder
 from consumer.events.triggers import Platform
 from consumer.mail.errors import MessageError, RenderError
 from consumer.rules.checks import RuleContext
+from consumer.rules.diff import ChangeKind, diff_rules
+from consumer.rules.history import rule_history
 from consumer.rules.matching import compile_rule
 from consumer.rules.model import Rule
 from consumer.rules.preview import MailPreview, NoMatch, preview
@@ -136,8 +139,95 @@ def test_command(state: CliState, files: tuple[Path, ...], as_json: bool) -> Non
         click.echo(f"ok: {cases} test case(s) in {len(files)} file(s) passed")
 
 
+EXIT_DIFFERENT = 3
+_MARKS = {ChangeKind.ADDED: "+", ChangeKind.CHANGED: "~", ChangeKind.REMOVED: "-"}
+
+
+@click.command("diff")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="FILE..."
+)
+@click.option("--prune", is_flag=True, help="Also list the rules on the topic that the files no longer have.")
+@click.option("--exit-code", is_flag=True, help="Exit 3 when there are differences (0 when in sync).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per differing rule.")
+@pass_state
+def diff_command(
+    state: CliState, files: tuple[Path, ...], prune: bool, exit_code: bool, as_json: bool
+) -> None:
+    """Show what `eventmail rules apply` would change on the rules topic.
+
+    Lists rules the files add (+), change (~, field by field) and, with --prune, the rules on the
+    topic that no file has (-, which `rules apply --prune` deletes). Passwords are compared by what
+    they open to (a fresh seal of the same password is no change) and never shown. Exit 1 on invalid
+    files; with --exit-code, exit 3 when the topic differs from the files and 0 when in sync.
+    """
+    settings = state.settings()
+    rules = [rule for _, rule in validated_rules(settings, files)]
+    changes = diff_rules(rules, topic_rules(settings), settings.secret_key, prune=prune)
+    for change in changes:
+        if as_json:
+            click.echo(json.dumps(change.as_dict(), ensure_ascii=False))
+            continue
+        click.echo(f"{_MARKS[change.kind]} {change.rule_id} ({change.kind.value})")
+        for field_change in change.fields:
+            click.echo(f"    {field_change.describe()}")
+    if not as_json:
+        click.echo(f"{len(changes)} rule(s) differ" if changes else "in sync: no differences", err=True)
+    if changes and exit_code:
+        raise SystemExit(EXIT_DIFFERENT)
+
+
+@click.command("history")
+@click.argument("rule_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per version.")
+@pass_state
+def history_command(state: CliState, rule_id: str, as_json: bool) -> None:
+    """The versions of a rule still on the rules topic, oldest first.
+
+    For each: partition and offset, time, author (the eventmail.author header that `rules apply` and
+    `rules delete` record) and what changed from the version before. The rules topic is compacted, so
+    versions older than the first shown may have been removed. Exit 1 when the topic has no record
+    of the rule.
+    """
+    settings = state.settings()
+    versions = rule_history(settings, rule_id)
+    if not versions:
+        fail(f"no record of rule {rule_id} on {settings.topics.rules}")
+    for version in versions:
+        if as_json:
+            click.echo(json.dumps(version.as_dict(), ensure_ascii=False))
+            continue
+        when = _time(version.timestamp_ms)
+        head = f"{version.partition}:{version.offset}  {when}  {version.author or 'author unknown'}"
+        if version.deleted:
+            click.echo(f"{head}  deleted")
+        elif version.invalid is not None:
+            click.echo(f"{head}  invalid record (ignored by the service): {version.invalid}")
+        elif version.first:
+            click.echo(f"{head}  added")
+        else:
+            click.echo(
+                f"{head}  changed {len(version.changes)} field(s)" if version.changes else f"{head}  same"
+            )
+            for change in version.changes:
+                click.echo(f"    {change.describe()}")
+    if not as_json:
+        topic = settings.topics.rules
+        click.echo(
+            f"{len(versions)} version(s); older ones may have been removed by compaction of {topic}", err=True
+        )
+
+
+def _time(timestamp_ms: int | None) -> str:
+    if timestamp_ms is None:
+        return "time unknown"
+    return (
+        datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
 def register(group: click.Group) -> None:
     rules = group.commands["rules"]
     assert isinstance(rules, click.Group)
-    rules.add_command(preview_command)
-    rules.add_command(test_command)
+    for command in (preview_command, test_command, diff_command, history_command):
+        rules.add_command(command)

@@ -20,6 +20,9 @@ from consumer.rules.codec import encode_rule
 from consumer.rules.model import Rule
 from consumer.settings import Settings
 
+#: Record header naming who wrote a rule record (``rules apply``/``delete``, the console).
+AUTHOR_HEADER = "eventmail.author"
+
 
 @dataclass(frozen=True)
 class Written:
@@ -55,19 +58,24 @@ def check_topic(settings: Settings, timeout: float = 15.0) -> list[str]:
     return []
 
 
-def publish_rules(settings: Settings, rules: Sequence[Rule], timeout: float = 30.0) -> list[Written]:
-    """Write each (sealed) rule and wait for the broker's acknowledgements."""
+def publish_rules(
+    settings: Settings, rules: Sequence[Rule], timeout: float = 30.0, author: str | None = None
+) -> list[Written]:
+    """Write each (sealed) rule and wait for the broker's acknowledgements; ``author`` goes into the
+    ``eventmail.author`` header of every record (``eventmail rules history`` shows it)."""
     records = [(rule.id, encode_rule(rule)) for rule in rules]
-    return _produce(settings, records, timeout)
+    return _produce(settings, records, timeout, author)
 
 
-def publish_tombstones(settings: Settings, rule_ids: Sequence[str], timeout: float = 30.0) -> list[Written]:
+def publish_tombstones(
+    settings: Settings, rule_ids: Sequence[str], timeout: float = 30.0, author: str | None = None
+) -> list[Written]:
     """Write a tombstone per rule id: the rule is deleted everywhere."""
-    return _produce(settings, [(rule_id, None) for rule_id in rule_ids], timeout)
+    return _produce(settings, [(rule_id, None) for rule_id in rule_ids], timeout, author)
 
 
 def _produce(
-    settings: Settings, records: Sequence[tuple[str, bytes | None]], timeout: float
+    settings: Settings, records: Sequence[tuple[str, bytes | None]], timeout: float, author: str | None
 ) -> list[Written]:
     producer = Producer(
         settings.kafka_config(
@@ -84,8 +92,13 @@ def _produce(
         else:
             written.append(Written(key, msg.partition() or 0, msg.offset() or 0))
 
+    headers: list[tuple[str, str | bytes | None]] | None = (
+        [(AUTHOR_HEADER, author.encode())] if author else None
+    )
     for rule_id, value in records:
-        producer.produce(settings.topics.rules, key=rule_id.encode(), value=value, on_delivery=delivered)
+        producer.produce(
+            settings.topics.rules, key=rule_id.encode(), value=value, headers=headers, on_delivery=delivered
+        )
         producer.poll(0)
     remaining = producer.flush(timeout)
     if remaining:
