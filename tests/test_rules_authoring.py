@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from email import message_from_bytes
 from email.policy import default as default_policy
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka import Producer
 from cryptography.fernet import Fernet
 
 from consumer.events.codec import EventDecoder
@@ -380,3 +382,78 @@ def test_diff_of_invalid_files_exits_1(topic_env: dict[str, str], tmp_path: Path
     result = run_cli(["rules", "diff", "--exit-code", str(bad)], topic_env)
     assert result.code == 1
     assert "rule bad: product_id: required when level is product" in result.err
+
+
+# --- rules backtest (real broker) ------------------------------------------------------------------------
+
+
+def produce_at(bootstrap: str, topic: str, records: list[tuple[bytes, int]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    errors: list[Any] = []
+    for value, timestamp_ms in records:
+        producer.produce(
+            topic, value=value, timestamp=timestamp_ms, on_delivery=lambda e, _m: errors.append(e)
+        )
+    assert producer.flush(30) == 0
+    assert errors == [None] * len(records)
+
+
+def test_backtest_replays_the_event_topic_without_sending(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    lms = topic_factory("lms", partitions=2)
+    env = {
+        **ENV,
+        "EVENTMAIL_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "EVENTMAIL_TOPICS__LMS": lms,
+        "EVENTMAIL_TOPICS__CALL_LOGIC": topic_factory("cl"),
+    }
+    sold = yaml.safe_load(SOLD.read_text())
+    failing = rule_doc(id="r-twig", product_id="auto-insurance", triggers=["lead_sold"])
+    failing["action"] |= {"use_twig": True, "body": "{{ 1 // ((price * 2) | int - 300) }}"}
+    rules = rule_file(tmp_path, "rules.yaml", [sold, failing])
+    now_ms = int(time.time() * 1000)
+    day = 86_400_000
+
+    def event(n: int, **changes: Any) -> bytes:
+        return json.dumps(EVENT | {"event_id": f"e{n}", "lead_id": f"L{n}"} | changes).encode()
+
+    produce_at(
+        kafka_bootstrap,
+        lms,
+        [
+            (event(0), now_ms - 3 * day),  # before --since
+            (event(1), now_ms - 1000),
+            (event(2, price=150), now_ms - 900),  # r-twig fails to render (1 // 0)
+            (event(3, publisher_id="pub-under-review"), now_ms - 800),  # excluded by the sold rule only
+            (b"{not json", now_ms - 700),
+            (event(4, trigger="lead_rejected"), now_ms - 600),
+        ],
+    )
+    result = run_cli(["rules", "backtest", str(rules), "--since", "1d", "--json"], env)
+    assert result.code == 0, result.err
+    by_rule = {r["rule_id"]: r for r in map(json.loads, result.out.splitlines())}
+    assert by_rule["lms-auto-lead-sold"] | {"subjects": None} == {
+        "rule_id": "lms-auto-lead-sold",
+        "platform": "lms",
+        "events_read": 4,
+        "matched": 2,
+        "mails": 2,
+        "failures": 0,
+        "subjects": None,
+        "failure_samples": [],
+    }
+    assert sorted(by_rule["lms-auto-lead-sold"]["subjects"]) == [
+        "Lead L1 sold to b-1 for 150.5 USD",
+        "Lead L2 sold to b-1 for 150 USD",
+    ]
+    twig = by_rule["r-twig"]
+    assert (twig["events_read"], twig["matched"], twig["mails"], twig["failures"]) == (4, 3, 2, 1)
+    assert twig["failure_samples"][0].startswith("event e2: ")
+
+    text = run_cli(["rules", "backtest", str(rules), "--since", "4d"], env)
+    assert text.code == 0, text.err
+    assert "lms: 6 record(s) read, 1 not valid events" in text.out.splitlines()
+    assert "lms-auto-lead-sold: 5 event(s), 3 matched, 3 mail(s), 0 failure(s)" in text.out.splitlines()
+    until = run_cli(["rules", "backtest", str(rules), "--since", "4d", "--until", "1d", "--json"], env)
+    assert json.loads(until.out.splitlines()[0])["events_read"] == 1

@@ -7,17 +7,22 @@ The mail shown is built by the function the consumer sends with, the event decod
 from __future__ import annotations
 
 import json
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 
-from consumer.cli.common import CliState, fail, pass_state
+from consumer.cli.common import DURATION, CliState, fail, pass_state
 from consumer.cli.rules import topic_rules, validated_rules
 from consumer.errors import CodecError
 from consumer.events.codec import EventDecoder
 from consumer.events.triggers import Platform
 from consumer.mail.errors import MessageError, RenderError
+from consumer.rules.backtest import backtest
 from consumer.rules.checks import RuleContext
 from consumer.rules.diff import ChangeKind, diff_rules
 from consumer.rules.history import rule_history
@@ -226,8 +231,59 @@ def _time(timestamp_ms: int | None) -> str:
     )
 
 
+@click.command("backtest")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="FILE..."
+)
+@click.option("--since", type=DURATION, required=True, help="How far back to replay: 30m, 24h, 7d ...")
+@click.option("--until", "until", type=DURATION, help="Stop this long before now (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per rule.")
+@pass_state
+def backtest_command(
+    state: CliState, files: tuple[Path, ...], since: float, until: float | None, as_json: bool
+) -> None:
+    """Replay the events still on the event topics through rules, without sending anything.
+
+    Reads the LMS and/or Call Logic topics (the platforms of the rules) from --since to the end (or to
+    --until before now) with no consumer group and no commits, and reports per rule: events read,
+    matched, mails it would have sent, the first few subjects and the failures to build a mail. The
+    rules are evaluated as written in the files, whether or not they are on the rules topic.
+    """
+    settings = state.settings()
+    rules = [rule for _, rule in validated_rules(settings, files)]
+    now = time.time()
+    since_ms = int((now - since) * 1000)
+    until_ms = int((now - until) * 1000) if until is not None else None
+    with Progress(
+        TextColumn("reading events"),
+        BarColumn(),
+        TextColumn("{task.completed} read"),
+        console=Console(stderr=True),
+        disable=as_json or not sys.stderr.isatty(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("read", total=None)
+        report = backtest(settings, rules, since_ms, until_ms, progress=lambda n: bar.advance(task, n))
+    if as_json:
+        for result in report.rules.values():
+            click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+        return
+    for platform, count in sorted(report.events.items()):
+        bad = report.undecodable.get(platform, 0)
+        click.echo(f"{platform.value}: {count} record(s) read, {bad} not valid events")
+    for result in report.rules.values():
+        click.echo(
+            f"{result.rule_id}: {result.events_read} event(s), {result.matched} matched, "
+            f"{result.mails} mail(s), {result.failures} failure(s)"
+        )
+        for subject in result.subjects:
+            click.echo(f"    subject: {subject}")
+        for failure in result.failure_samples:
+            click.echo(f"    failed: {failure}")
+
+
 def register(group: click.Group) -> None:
     rules = group.commands["rules"]
     assert isinstance(rules, click.Group)
-    for command in (preview_command, test_command, diff_command, history_command):
+    for command in (preview_command, test_command, diff_command, backtest_command, history_command):
         rules.add_command(command)
