@@ -59,6 +59,22 @@ class SchemaRegistrySettings(BaseModel):
     basic_auth: SecretStr | None = None  # "user:password"
 
 
+def _readable_ca_file(value: str | None) -> str | None:
+    """A CA file setting must name a PEM file that loads: else start-up stops naming it."""
+    if value is None:
+        return None
+    import ssl
+
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"no such CA file: {value}")
+    try:
+        ssl.create_default_context(cafile=value)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the CA file {value}: {exc}") from None
+    return value
+
+
 class EspConnection(BaseModel):
     """A named SMTP connection of the deployment (an ESP or an internal relay)."""
 
@@ -74,6 +90,8 @@ class EspConnection(BaseModel):
     #: A PEM file of CA certificates to trust for this server instead of the system store.
     ca_file: str | None = None
     max_connections: int = Field(default=8, ge=1, le=256)
+
+    _ca_file = field_validator("ca_file")(_readable_ca_file)
     #: Messages per second the ESP accepts on this connection (None: no limit).
     rate_limit_per_second: float | None = Field(default=None, gt=0)
 
@@ -111,6 +129,27 @@ class SmtpSettings(BaseModel):
     #: A PEM file of CA certificates trusted for every connection without a ca_file of its own
     #: (a private CA of the company's relays and of rules' manual connections).
     ca_file: str | None = None
+    #: The name sent with EHLO (default: this host's name).
+    ehlo_hostname: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[[0-9A-Fa-f.:]+\]$",
+    )
+    #: Special-use domains (RFC 6761: test, local, localhost, invalid, arpa, onion) allowed in
+    #: addresses, e.g. ``["test"]`` for internal mail; refused by default.
+    allowed_special_use_domains: tuple[str, ...] = ()
+
+    _ca_file = field_validator("ca_file")(_readable_ca_file)
+
+    @field_validator("allowed_special_use_domains")
+    @classmethod
+    def _special_use(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = ("arpa", "invalid", "local", "localhost", "onion", "test")
+        names = tuple(name.strip().lower().strip(".") for name in value)
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a special-use domain (one of {', '.join(known)})")
+        return names
 
 
 class PipelineSettings(BaseModel):
@@ -125,6 +164,9 @@ class PipelineSettings(BaseModel):
     retry_base_seconds: float = Field(default=5.0, gt=0)
     #: Retry records held in memory until due; past this the retry partitions are paused.
     max_retry_pending: int = Field(default=10_000, ge=1)
+    #: Offsets one partition may hold uncommitted behind its first unfinished record (finished ones
+    #: included) before it is paused; it resumes below half. Bounds what a stuck record lets run ahead.
+    max_uncommitted_per_partition: int = Field(default=10_000, ge=1)
     #: How far back the outcome read-back looks for results of uncommitted records after a restart.
     dedup_lookback_seconds: float = Field(default=900.0, gt=0)
     input_format: InputFormat = InputFormat.AUTO

@@ -12,59 +12,72 @@ from hypothesis import strategies as st
 from consumer.errors import CodecError
 from consumer.events.triggers import Platform
 from consumer.outcomes.model import SourcePosition
-from consumer.pipeline.offsets import OffsetTracker
+from consumer.pipeline.offsets import PartitionOffsets
 from consumer.pipeline.retry import RetryRecord, next_delay, schedule
 from tests.factories import make_event
 
-TP = ("lms.events", 0)
-
 
 def test_commit_stops_at_the_first_unfinished_record() -> None:
-    tracker = OffsetTracker()
+    offsets = PartitionOffsets()
     for offset in range(10, 15):
-        tracker.started(TP, offset)
+        offsets.started(offset)
     for offset in (10, 11, 13, 14):
-        tracker.done(TP, offset)
-    assert tracker.committable() == {TP: 12}
-    tracker.done(TP, 12)
-    assert tracker.committable() == {TP: 15}
-    tracker.mark_committed({TP: 15})
-    assert tracker.committable() == {}
+        offsets.done(offset)
+    assert offsets.committable() == 12
+    offsets.done(12)
+    assert offsets.committable() == 15
+    offsets.mark_committed(15)
+    assert offsets.committable() is None
 
 
 def test_nothing_to_commit_before_anything_is_done() -> None:
-    tracker = OffsetTracker()
-    tracker.started(TP, 0)
-    assert tracker.committable() == {TP: 0}
-    tracker.mark_committed({TP: 0})
-    assert tracker.committable() == {}
+    offsets = PartitionOffsets()
+    offsets.started(0)
+    assert offsets.committable() == 0
+    offsets.mark_committed(0)
+    assert offsets.committable() is None
 
 
-def test_forget_drops_lost_partitions() -> None:
-    tracker = OffsetTracker()
-    tracker.started(TP, 3)
-    tracker.started(("calllogic.events", 1), 7)
-    tracker.forget({TP})
-    assert set(tracker.committable()) == {("calllogic.events", 1)}
-    assert tracker.pending() == 1
+def test_committable_never_goes_below_the_offset_found_at_assignment() -> None:
+    offsets = PartitionOffsets(committed=5000)
+    assert offsets.committable() is None
+    offsets.started(5000)
+    assert offsets.committable() is None  # 5000 is what the group has already
+    offsets.done(5000)
+    assert offsets.committable() == 5001
+    offsets.mark_committed(5001)
+    offsets.mark_committed(4000)  # a late acknowledgement of an older commit changes nothing
+    assert offsets.committed == 5001
+
+
+def test_span_counts_what_waits_behind_the_first_unfinished_record() -> None:
+    offsets = PartitionOffsets()
+    assert offsets.span() == 0
+    for offset in range(100, 110):
+        offsets.started(offset)
+    for offset in range(101, 110):
+        offsets.done(offset)
+    assert offsets.span() == 10
+    offsets.done(100)
+    assert offsets.span() == 0
 
 
 @settings(max_examples=300)
 @given(st.integers(1, 60), st.randoms(use_true_random=False), st.integers(0, 1000))
 def test_committable_is_always_the_first_gap(count: int, rnd: random.Random, base: int) -> None:
     """Whatever order records finish in, the committed offset never passes an unfinished record."""
-    tracker = OffsetTracker()
+    tracked = PartitionOffsets()
     offsets = list(range(base, base + count))
     for offset in offsets:
-        tracker.started(TP, offset)
+        tracked.started(offset)
     order = offsets[:]
     rnd.shuffle(order)
     finished: set[int] = set()
     for offset in order[: rnd.randint(0, count)]:
-        tracker.done(TP, offset)
+        tracked.done(offset)
         finished.add(offset)
         expected = next((o for o in offsets if o not in finished), base + count)
-        assert tracker.committable() == {TP: expected}
+        assert tracked.committable() == expected
 
 
 def test_delays_grow_and_are_capped() -> None:

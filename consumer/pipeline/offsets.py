@@ -1,15 +1,16 @@
-"""Which source offsets may be committed: per partition, up to the first record not yet done.
+"""Which source offsets of one partition may be committed: up to the first record not yet done.
 
 A record is done when every mail it caused has a durable outcome (or it went to the DLQ, or no rule
 matched). Records finish out of order when mails are sent concurrently; the committable offset is
-the lowest offset still pending, or one past the highest seen when nothing is pending. Pure state,
-no I/O: the pipeline owns the Kafka calls.
+the lowest offset still pending, or one past the highest seen when nothing is pending. It never goes
+below the offset committed when the partition was assigned, nor below one committed since: within an
+assignment the committed offset only moves forward. Pure state, no I/O: the pipeline owns the Kafka
+calls, and :mod:`consumer.pipeline.partitions` creates one of these per assignment.
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
 from typing import Protocol
 
 TopicPartitionKey = tuple[str, int]
@@ -29,64 +30,59 @@ def position(msg: _Positioned) -> tuple[str, int, int]:
     return topic, partition, offset
 
 
-@dataclass
-class _PartitionState:
-    pending: set[int] = field(default_factory=set)
-    heap: list[int] = field(default_factory=list)
-    next_offset: int | None = None  # one past the highest offset seen
-    committed: int | None = None  # the last offset handed to commit
+class PartitionOffsets:
+    """The offsets of one partition in one assignment.
+
+    ``committed`` is the group's committed offset when the partition was assigned (None: the group
+    has none); it is the floor of everything :meth:`committable` returns.
+    """
+
+    __slots__ = ("_heap", "_pending", "committed", "next_offset")
+
+    def __init__(self, committed: int | None = None) -> None:
+        self._pending: set[int] = set()
+        self._heap: list[int] = []
+        #: One past the highest offset seen.
+        self.next_offset: int | None = None
+        #: The last offset handed to a commit (or the one found at assignment).
+        self.committed = committed
+
+    def started(self, offset: int) -> None:
+        self._pending.add(offset)
+        heapq.heappush(self._heap, offset)
+        if self.next_offset is None or offset + 1 > self.next_offset:
+            self.next_offset = offset + 1
+
+    def done(self, offset: int) -> None:
+        self._pending.discard(offset)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def low_water(self) -> int | None:
-        while self.heap and self.heap[0] not in self.pending:
-            heapq.heappop(self.heap)
-        return self.heap[0] if self.heap else self.next_offset
+        """The first offset not done (or one past the highest seen); None before any record."""
+        heap, pending = self._heap, self._pending
+        while heap and heap[0] not in pending:
+            heapq.heappop(heap)
+        return heap[0] if heap else self.next_offset
 
+    def committable(self) -> int | None:
+        """The offset (the next record to read) that is safe to commit now, when it is past the
+        committed one."""
+        low = self.low_water()
+        if low is None or (self.committed is not None and low <= self.committed):
+            return None
+        return low
 
-class OffsetTracker:
-    def __init__(self) -> None:
-        self._partitions: dict[TopicPartitionKey, _PartitionState] = {}
+    def mark_committed(self, offset: int) -> None:
+        if self.committed is None or offset > self.committed:
+            self.committed = offset
 
-    def started(self, tp: TopicPartitionKey, offset: int) -> None:
-        state = self._partitions.get(tp)
-        if state is None:
-            state = self._partitions[tp] = _PartitionState()
-        state.pending.add(offset)
-        heapq.heappush(state.heap, offset)
-        if state.next_offset is None or offset + 1 > state.next_offset:
-            state.next_offset = offset + 1
-
-    def done(self, tp: TopicPartitionKey, offset: int) -> None:
-        state = self._partitions.get(tp)
-        if state is not None:
-            state.pending.discard(offset)
-
-    def pending(self, tp: TopicPartitionKey | None = None) -> int:
-        if tp is not None:
-            state = self._partitions.get(tp)
-            return len(state.pending) if state else 0
-        return sum(len(s.pending) for s in self._partitions.values())
-
-    def committable(self, tps: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
-        """Offsets (the next record to read) that are safe to commit and not yet committed."""
-        out: dict[TopicPartitionKey, int] = {}
-        for tp, state in self._partitions.items():
-            if tps is not None and tp not in tps:
-                continue
-            low = state.low_water()
-            if low is not None and low != state.committed:
-                out[tp] = low
-        return out
-
-    def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
-        for tp, offset in offsets.items():
-            state = self._partitions.get(tp)
-            if state is not None:
-                state.committed = offset
-
-    def forget(self, tps: set[TopicPartitionKey]) -> None:
-        """Drop partitions that were revoked or lost."""
-        for tp in tps:
-            self._partitions.pop(tp, None)
-
-    def partitions(self) -> set[TopicPartitionKey]:
-        return set(self._partitions)
+    def span(self) -> int:
+        """How many offsets are held uncommitted: from the first record not done to the highest seen
+        (finished records behind a stuck one count, as their commit waits for it)."""
+        low = self.low_water()
+        if low is None or self.next_offset is None:
+            return 0
+        return self.next_offset - low

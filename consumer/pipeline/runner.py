@@ -65,6 +65,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
         commit_interval=settings.pipeline.commit_interval_seconds,
         drain_timeout=settings.pipeline.drain_timeout_seconds,
         on_fatal=on_fatal,
+        max_uncommitted=settings.pipeline.max_uncommitted_per_partition,
     )
     beat = {"loop": time.monotonic()}
 

@@ -3,33 +3,59 @@ producer and the health endpoint, and runs until SIGTERM/SIGINT.
 
 Threads: the *source* thread owns the Kafka consumer; everything else (decode, match, render, send,
 outcomes) runs on the asyncio loop. The two meet in :class:`Pipeline`, whose shared state (the
-offset tracker and the per-partition task sets) is guarded by one lock.
+partitions owned now, see :mod:`consumer.pipeline.partitions`) is guarded by one lock. Data flows one
+way: the source hands records over, the loop finishes them, the source reads what may be committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import signal
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from confluent_kafka import Message
 
+from consumer.errors import CodecError
 from consumer.observability.metrics import READY
-from consumer.pipeline.dedup import Delivered, read_delivered
-from consumer.pipeline.offsets import OffsetTracker, TopicPartitionKey, position
+from consumer.pipeline.dedup import read_delivered
+from consumer.pipeline.offsets import TopicPartitionKey, position
+from consumer.pipeline.partitions import Partition, PartitionTable
 from consumer.pipeline.records import RecordProcessor
+from consumer.pipeline.retry import RetryRecord
+from consumer.pipeline.transient import TransientRetry
 from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: Records done without a task are released (committable, no longer pending) in steps of this many.
 RELEASE_EVERY = 64
+
+Task = asyncio.Task[None]
+Part = Partition[Task]
+#: A record handed to the loop: the message, its position, and the partition state it belongs to.
+Handed = tuple[Message, tuple[str, int, int], Part]
+
+
+class SendSlots(asyncio.Semaphore):
+    """The processor's mail slots: taking one is where a task begins to send (``on_sending``)."""
+
+    def __init__(self, value: int, on_sending: Callable[[Task], None]) -> None:
+        super().__init__(value)
+        self._on_sending = on_sending
+
+    async def acquire(self) -> Literal[True]:
+        await super().acquire()
+        task = asyncio.current_task()
+        if task is not None:
+            self._on_sending(task)
+        return True
 
 
 class Pipeline:
@@ -43,30 +69,39 @@ class Pipeline:
         self.processor = processor
         self.retry_topic = settings.topics.retry
         self._lock = threading.Lock()
-        #: Signalled (under the lock) when pending event records finish: the source waits on it.
+        #: Signalled (under the lock) when records finish: the source waits on it for room or a drain.
         self._room = threading.Condition(self._lock)
-        self._tracker = OffsetTracker()
-        self._tasks: dict[TopicPartitionKey, set[asyncio.Task[None]]] = defaultdict(set)
-        self._delivered: Delivered = {}
-        self._owned: set[TopicPartitionKey] = set()
+        self._parts: PartitionTable[Task] = PartitionTable()
+        #: The partition state of each running task (also of partitions dropped since).
+        self._task_part: dict[Task, Part] = {}
         self._event_pending = 0
         self._retry_pending = 0
         self.fatal: str | None = None
+        #: Retries of the start-up reads made in the rebalance callbacks (the source thread's).
+        self.reads = TransientRetry()
+        # The processor's deliveries take these slots: the pipeline sees which tasks are sending.
+        processor.mail_slots = SendSlots(settings.pipeline.max_in_flight, self._sending)
 
     # --- SourceHandler (source thread) -----------------------------------------------------------------
     def on_records(self, records: list[Message]) -> None:
         retry_topic = self.retry_topic
-        positions = [position(msg) for msg in records]
+        handed: list[Handed] = []
+        retries = 0
         with self._lock:
-            started = self._tracker.started
-            retries = 0
-            for topic, partition, offset in positions:
-                started((topic, partition), offset)
-                if topic == retry_topic:
+            get = self._parts.get
+            for msg in records:
+                pos = position(msg)
+                part = get((pos[0], pos[1]))
+                if part is None or part.closing:  # not ours (any more): the owner fetches it
+                    continue
+                part.offsets.started(pos[2])
+                handed.append((msg, pos, part))
+                if pos[0] == retry_topic:
                     retries += 1
             self._retry_pending += retries
-            self._event_pending += len(records) - retries
-        self.loop.call_soon_threadsafe(self._spawn, records, positions)
+            self._event_pending += len(handed) - retries
+        if handed:
+            self.loop.call_soon_threadsafe(self._spawn, handed)
 
     def wait_for_room(self, limit: int, timeout: float) -> bool:
         """Block until fewer than ``limit`` event records are pending (or ``timeout`` passes)."""
@@ -74,87 +109,110 @@ class Pipeline:
             return self._room.wait_for(lambda: self._event_pending < limit, timeout)
 
     def on_assigned(self, partitions: dict[TopicPartitionKey, int]) -> None:
+        """A fresh state per partition, then the outcome read-back of its uncommitted records
+        (retried while the broker answers with transient errors)."""
         if not partitions:
             return
         with self._lock:
-            self._owned |= set(partitions)
-        delivered = read_delivered(
-            self.settings.kafka_config(),
-            self.settings.topics.outcomes,
-            partitions,
-            self.settings.pipeline.dedup_lookback_seconds,
+            created = {tp: self._parts.assign(tp, committed) for tp, committed in partitions.items()}
+        delivered = self.reads.call(
+            "outcome read-back",
+            lambda: read_delivered(
+                self.settings.kafka_config(),
+                self.settings.topics.outcomes,
+                partitions,
+                self.settings.pipeline.dedup_lookback_seconds,
+            ),
         )
         with self._lock:
             for tp, offsets in delivered.items():
-                self._delivered[tp] = dict(offsets)
+                part = created.get(tp)
+                if part is not None and self._parts.owns(part):
+                    part.delivered = dict(offsets)
 
     def drain(self, partitions: set[TopicPartitionKey], timeout: float) -> None:
-        """Stop taking records of these partitions and wait for their in-flight work; retries still
-        waiting for their due time are abandoned (left uncommitted, so the next owner takes them)."""
-        if not partitions:
-            return
-        with self._lock:
-            self._owned -= partitions
-        # Also a barrier: records handed over before this call are spawned (or dropped) by now.
-        retry_tps = {tp for tp in partitions if tp[0] == self.retry_topic}
-        asyncio.run_coroutine_threadsafe(self._cancel_waiting(retry_tps), self.loop).result(timeout=10)
+        """Stop taking records of these partitions; cancel their tasks that have not begun to send
+        (their records stay uncommitted: the next owner does them) and wait, up to ``timeout``, for
+        the ones sending. Never raises."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        with self._lock:
+            parts = self._parts.select(partitions)
+            for part in parts:
+                part.closing = True
+        if not parts:
+            return
+        # Also a barrier: records handed over before this call are spawned (or dropped) by now.
+        barrier = asyncio.run_coroutine_threadsafe(self._cancel_waiting(parts), self.loop)
+        try:
+            barrier.result(timeout=max(0.1, deadline - time.monotonic()))
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            log.warning("drain: the event loop did not answer in time", extra={"partitions": len(parts)})
+        with self._room:
+            idle = self._room.wait_for(
+                lambda: not any(p.busy() for p in parts), max(0.0, deadline - time.monotonic())
+            )
+        if not idle:
             with self._lock:
-                busy = any(self._tasks.get(tp) for tp in partitions)
-            if not busy:
-                return
-            time.sleep(0.01)
-        log.warning(
-            "drain timed out; unfinished records stay uncommitted", extra={"partitions": len(partitions)}
-        )
+                sending = sum(len(p.tasks) for p in parts)
+            log.warning(
+                "drain timed out; unfinished records stay uncommitted",
+                extra={"partitions": len(parts), "sending": sending},
+            )
+
+    def on_revoked(self, partitions: set[TopicPartitionKey]) -> None:
+        """After the drain and the final commit: the partitions' state goes."""
+        with self._lock:
+            self._parts.drop(partitions)
 
     def on_lost(self, partitions: set[TopicPartitionKey]) -> None:
+        """No longer ours (another member may have them already): drop the state at once and cancel
+        every task that has not begun to send; nothing is committed."""
         with self._lock:
-            self._owned -= partitions
-            self._tracker.forget(partitions)
-            for tp in partitions:
-                self._delivered.pop(tp, None)
+            dropped = self._parts.drop(partitions)
+        if dropped:
+            self.loop.call_soon_threadsafe(self._cancel_now, dropped)
 
     def committable(self, partitions: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
         with self._lock:
-            return self._tracker.committable(partitions)
+            return self._parts.committable(partitions)
 
     def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
         with self._lock:
-            self._tracker.mark_committed(offsets)
-            for tp, offset in offsets.items():
-                seen = self._delivered.get(tp)
-                if seen:
-                    for old in [o for o in seen if o < offset]:
-                        del seen[old]
+            self._parts.mark_committed(offsets)
 
     def backlog(self) -> tuple[int, int]:
         return self._event_pending, self._retry_pending
 
+    def stuck_since(self) -> float | None:
+        return self.reads.stuck_since
+
+    def spans(self) -> dict[TopicPartitionKey, int]:
+        """Per partition owned, how many offsets are held uncommitted (see PartitionOffsets.span)."""
+        with self._lock:
+            return self._parts.spans()
+
     def already_delivered(self, tp: TopicPartitionKey, offset: int) -> set[str]:
         with self._lock:
-            seen = self._delivered.get(tp)
-            return seen.pop(offset, set()) if seen else set()
+            part = self._parts.get(tp)
+            return part.delivered.pop(offset, set()) if part else set()
 
     # --- asyncio side ---------------------------------------------------------------------------------
-    def _spawn(self, records: list[Message], positions: list[tuple[str, int, int]]) -> None:
+    def _spawn(self, handed: list[Handed]) -> None:
         """Start the work of a batch: records whose decoding and matching is all they need are done
         here (no task), and released in steps so the source can fetch the next records meanwhile;
         the others get a task each."""
         retry_topic = self.retry_topic
         processor = self.processor
-        owned: dict[TopicPartitionKey, bool] = {}
-        finished: list[tuple[TopicPartitionKey, int]] = []
+        ours: dict[int, bool] = {}
+        finished: list[tuple[Part, int]] = []
         dropped_events = dropped_retries = 0
-        for msg, (topic, partition, offset) in zip(records, positions, strict=True):
-            tp = (topic, partition)
+        for msg, (topic, _, offset), part in handed:
             is_retry = topic == retry_topic
-            ours = owned.get(tp)
-            if ours is None:
+            owned = ours.get(id(part))
+            if owned is None:
                 with self._lock:
-                    ours = owned[tp] = tp in self._owned
-            if not ours:  # revoked or lost after the record was fetched: the next owner has it
+                    owned = ours[id(part)] = self._parts.owns(part) and not part.closing
+            if not owned:  # revoked or lost after the record was fetched: the next owner has it
                 if is_retry:
                     dropped_retries += 1
                 else:
@@ -162,66 +220,100 @@ class Pipeline:
                 continue
             coro: Coroutine[Any, Any, None] | None
             if is_retry:
-                coro = processor.process_retry(msg)
+                coro = self._retry_when_due(msg, part)
             else:
                 try:
                     coro = processor.start_event(msg, topic)
                 except Exception as exc:  # as a failed task: the record is not committed, the service stops
                     dropped_events += 1
-                    self._failed(tp, offset, exc)
+                    self._failed(part.key, offset, exc)
                     continue
                 if coro is None:
-                    finished.append((tp, offset))
+                    finished.append((part, offset))
                     if len(finished) >= RELEASE_EVERY:
                         self._release(finished, dropped_events, dropped_retries)
                         finished, dropped_events, dropped_retries = [], 0, 0
                     continue
             task = self.loop.create_task(coro)
             with self._lock:
-                self._tasks[tp].add(task)
-            task.add_done_callback(functools.partial(self._finished, tp=tp, offset=offset, is_retry=is_retry))
+                part.add(task)
+                self._task_part[task] = part
+            task.add_done_callback(
+                functools.partial(self._finished, part=part, offset=offset, is_retry=is_retry)
+            )
         if finished or dropped_events or dropped_retries:
             self._release(finished, dropped_events, dropped_retries)
 
-    def _release(self, done: list[tuple[TopicPartitionKey, int]], dropped: int, dropped_retries: int) -> None:
+    async def _retry_when_due(self, msg: Message, part: Part) -> None:
+        """A retry record: wait (cancellable) until it is due, then deliver (sending, not cancelled)."""
+        due = _due_at(msg)
+        if due is not None:
+            wait = (due - datetime.now(UTC)).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        task = asyncio.current_task()
+        if task is not None:
+            with self._lock:
+                part.sending(task)
+        await self.processor.process_retry(msg)
+
+    def _sending(self, task: Task) -> None:
+        with self._lock:
+            part = self._task_part.get(task)
+            if part is not None:
+                part.sending(task)
+
+    def _release(self, done: list[tuple[Part, int]], dropped: int, dropped_retries: int) -> None:
         """Records finished without a task (``done``) or not taken (``dropped``) are no longer pending."""
         with self._lock:
-            for tp, offset in done:
-                self._tracker.done(tp, offset)
+            for part, offset in done:
+                part.offsets.done(offset)
             self._event_pending -= len(done) + dropped
             self._retry_pending -= dropped_retries
             self._room.notify_all()
 
-    def _finished(self, task: asyncio.Task[None], tp: TopicPartitionKey, offset: int, is_retry: bool) -> None:
+    def _finished(self, task: Task, part: Part, offset: int, is_retry: bool) -> None:
         with self._lock:
-            self._tasks[tp].discard(task)
+            part.discard(task)
+            self._task_part.pop(task, None)
             if is_retry:
                 self._retry_pending -= 1
             else:
                 self._event_pending -= 1
-                self._room.notify_all()
+            self._room.notify_all()
             if task.cancelled():
                 return  # abandoned: stays uncommitted
             error = task.exception()
             if error is None:
-                self._tracker.done(tp, offset)
+                part.offsets.done(offset)
                 return
-        self._failed(tp, offset, error)
+        self._failed(part.key, offset, error)
 
     def _failed(self, tp: TopicPartitionKey, offset: int, error: BaseException) -> None:
         # A record whose outcome could not be written must not be committed; the service stops.
         self.fatal = f"record {tp[0]}[{tp[1]}]@{offset} failed: {type(error).__name__}: {error}"
         log.error("record processing failed; stopping", extra={"error": self.fatal})
 
-    async def _cancel_waiting(self, partitions: set[TopicPartitionKey]) -> None:
+    async def _cancel_waiting(self, parts: list[Part]) -> None:
+        self._cancel_now(parts)
+
+    def _cancel_now(self, parts: list[Part]) -> None:
         with self._lock:
-            tasks = [t for tp in partitions for t in self._tasks.get(tp, ())]
+            tasks = [t for part in parts for t in part.waiting()]
         for task in tasks:
             task.cancel()
 
     def in_flight(self) -> int:
         with self._lock:
-            return sum(len(t) for t in self._tasks.values())
+            return len(self._task_part)
+
+
+def _due_at(msg: Message) -> datetime | None:
+    """When a retry record is due (None when it does not decode: the processor sends it to the DLQ)."""
+    try:
+        return RetryRecord.decode(msg.value()).due_at
+    except CodecError:
+        return None
 
 
 async def _heartbeat(state: dict[str, float]) -> None:

@@ -3,7 +3,14 @@ made from this thread), hands records to the asyncio pipeline, applies backpress
 ``pause``/``resume``, commits what the pipeline says is done, and runs the rebalance protocol.
 
 Never commits on partitions *lost*; on partitions *revoked* it first waits (bounded) for the
-pipeline to finish the revoked partitions' work, then commits synchronously.
+pipeline to finish the revoked partitions' work, then commits synchronously, then the pipeline drops
+their state. The rebalance callbacks never raise: their broker calls are retried while the errors are
+transient (``/healthz`` fails while one is stuck), and a call that cannot succeed stops the service.
+
+Pauses have three reasons, each with its own threshold and its own resume point: the pipeline holds
+``max_in_flight`` event records (every event partition), ``max_retry_pending`` retry records (every
+retry partition), or one partition's uncommitted span passed ``max_uncommitted_per_partition`` (that
+partition: a stuck record does not let the ones behind it run ahead without bound).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from consumer.observability.metrics import CONSUMER_LAG, KAFKA_ERRORS, PARTITIONS_PAUSED
 from consumer.pipeline.offsets import TopicPartitionKey
+from consumer.pipeline.transient import TransientRetry, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,8 @@ log = logging.getLogger(__name__)
 BATCH = 500
 #: How long the pipeline may stay full (the source waiting for room) before event partitions are paused.
 FULL_GRACE_SECONDS = 1.0
+#: How long a synchronous commit on revoke is retried on transient errors.
+REVOKE_COMMIT_RETRY_SECONDS = 10.0
 
 
 class SourceHandler(Protocol):
@@ -40,6 +50,9 @@ class SourceHandler(Protocol):
     def drain(self, partitions: set[TopicPartitionKey], timeout: float) -> None:
         """Block until the work of these partitions is done (or the timeout passes)."""
 
+    def on_revoked(self, partitions: set[TopicPartitionKey]) -> None:
+        """After the drain and the final commit: the partitions' state goes."""
+
     def on_lost(self, partitions: set[TopicPartitionKey]) -> None: ...
 
     def committable(
@@ -51,8 +64,14 @@ class SourceHandler(Protocol):
     def backlog(self) -> tuple[int, int]:
         """(pending event records, pending retry records)."""
 
+    def spans(self) -> dict[TopicPartitionKey, int]:
+        """Per partition, how many offsets are held uncommitted behind its first unfinished record."""
+
     def wait_for_room(self, limit: int, timeout: float) -> bool:
         """Block until fewer than ``limit`` event records are pending (or the timeout passes)."""
+
+    def stuck_since(self) -> float | None:
+        """Since when (time.monotonic()) one of the handler's broker reads is retried, if it is."""
 
 
 class SourceConsumer:
@@ -68,6 +87,8 @@ class SourceConsumer:
         commit_interval: float,
         drain_timeout: float,
         on_fatal: Callable[[str], None],
+        max_uncommitted: int = 10_000,
+        callback_retry_seconds: float = 300.0,
     ) -> None:
         self._consumer = Consumer(
             {
@@ -98,6 +119,14 @@ class SourceConsumer:
         self._stop = threading.Event()
         self._assigned: set[TopicPartitionKey] = set()
         self._paused: set[TopicPartitionKey] = set()
+        self._max_uncommitted = max_uncommitted
+        #: Paused for each reason (see the module docstring); what is paused is their union.
+        self._events_held = False
+        self._retries_held = False
+        self._ahead: set[TopicPartitionKey] = set()
+        #: Retries of this thread's broker calls inside the rebalance callbacks.
+        self.calls = TransientRetry(budget=callback_retry_seconds, stop=self._stop)
+        self._callback_since: float | None = None
         self.assignment_received = threading.Event()
         self.last_loop = time.monotonic()
         self.broker_reachable = False
@@ -130,28 +159,60 @@ class SourceConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(p.topic, p.partition) for p in partitions}
-        if partitions:
-            # librdkafka keeps a partition's pause across a rebalance: one this consumer paused, lost
-            # (e.g. while the broker was away) and is given back would never be fetched again.
-            consumer.resume(partitions)
-        committed = consumer.committed(partitions, timeout=30) if partitions else []
-        offsets = {(p.topic, p.partition): p.offset for p in committed}
-        self._handler.on_assigned(offsets)
+        self._callback_since = time.monotonic()
+        try:
+            if partitions:
+                # librdkafka keeps a partition's pause across a rebalance: one this consumer paused, lost
+                # (e.g. while the broker was away) and is given back would never be fetched again.
+                consumer.resume(partitions)
+            offsets = self._committed(consumer, partitions) if partitions else {}
+            self._handler.on_assigned(offsets)
+        except Exception as exc:  # never out of a callback: librdkafka would lose it inside poll
+            log.exception("partition assignment failed; stopping")
+            self._on_fatal(f"partition assignment failed: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            self._callback_since = None
         self._assigned |= keys
         self.assignment_received.set()
         log.info("partitions assigned", extra={"partitions": sorted(f"{t}[{p}]" for t, p in keys)})
 
+    def _committed(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> dict[TopicPartitionKey, int]:
+        """The group's committed offsets (-1001: none), retried while the broker answers transiently."""
+
+        def read() -> dict[TopicPartitionKey, int]:
+            committed = consumer.committed(partitions, timeout=30)
+            for p in committed:
+                if p.error is not None:
+                    raise KafkaException(p.error)
+            return {(p.topic, p.partition): p.offset for p in committed}
+
+        return self.calls.call("committed offsets", read)
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(p.topic, p.partition) for p in partitions}
-        self._handler.drain(keys, self._drain_timeout)
-        self._commit(keys, asynchronous=False)
-        self._forget(keys)
+        self._callback_since = time.monotonic()
+        try:
+            self._handler.drain(keys, self._drain_timeout)
+            self._commit(keys, asynchronous=False, retry_for=REVOKE_COMMIT_RETRY_SECONDS)
+        except Exception:  # never out of a callback; what was not committed, the next owner redoes
+            log.exception("revoke: drain or commit failed; the records stay uncommitted")
+        finally:
+            self._callback_since = None
+            self._handler.on_revoked(keys)
+            self._forget(keys)
         log.info("partitions revoked", extra={"partitions": sorted(f"{t}[{p}]" for t, p in keys)})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(p.topic, p.partition) for p in partitions}
-        self._handler.on_lost(keys)
-        self._forget(keys)
+        try:
+            self._handler.on_lost(keys)
+        except Exception:  # never out of a callback
+            log.exception("partitions lost: dropping their state failed")
+        finally:
+            self._forget(keys)
         log.warning("partitions lost", extra={"partitions": sorted(f"{t}[{p}]" for t, p in keys)})
 
     def _forget(self, keys: set[TopicPartitionKey]) -> None:
@@ -161,6 +222,7 @@ class SourceConsumer:
             with contextlib.suppress(KafkaException):
                 self._consumer.resume([TopicPartition(t, p) for t, p in paused])
         self._paused -= keys
+        self._ahead -= keys
         for topic, partition in keys:
             with contextlib.suppress(KeyError):
                 CONSUMER_LAG.remove(topic, str(partition))
@@ -204,7 +266,7 @@ class SourceConsumer:
     def _room(self) -> int:
         """How many records to take now: bounded by the event records the pipeline may still take,
         unless the event partitions are paused (then only retry records come, bounded by their pause)."""
-        if any(tp[0] != self._retry_topic for tp in self._paused):
+        if self._events_held:
             return BATCH
         events, _ = self._handler.backlog()
         return max(0, min(BATCH, self._max_pending - events))
@@ -226,50 +288,82 @@ class SourceConsumer:
 
     def _backpressure(self) -> None:
         events, retries = self._handler.backlog()
-        event_tps = {tp for tp in self._assigned if tp[0] != self._retry_topic}
-        retry_tps = {tp for tp in self._assigned if tp[0] == self._retry_topic}
         full = events >= self._max_pending
         now = time.monotonic()
         if not full:
             self._full_since = None
         elif self._full_since is None:
             self._full_since = now
-        pause = full and now - (self._full_since or now) >= FULL_GRACE_SECONDS
-        self._toggle(event_tps, pause=pause, resume=events < self._max_pending // 2)
-        self._toggle(
-            retry_tps, pause=retries >= self._max_retry_pending, resume=retries < self._max_retry_pending // 2
-        )
+        if full and now - (self._full_since or now) >= FULL_GRACE_SECONDS:
+            self._events_held = True
+        elif events < self._max_pending // 2:
+            self._events_held = False
+        if retries >= self._max_retry_pending:
+            self._retries_held = True
+        elif retries < self._max_retry_pending // 2:
+            self._retries_held = False
+        limit = self._max_uncommitted
+        for tp, span in self._handler.spans().items():
+            if span >= limit:
+                if tp not in self._ahead:
+                    log.warning(
+                        "partition paused: its uncommitted span passed the limit",
+                        extra={"partition": f"{tp[0]}[{tp[1]}]", "span": span, "limit": limit},
+                    )
+                self._ahead.add(tp)
+            elif span < max(1, limit // 2):
+                self._ahead.discard(tp)
+        self._ahead &= self._assigned
+        wanted = set(self._ahead)
+        if self._events_held:
+            wanted |= {tp for tp in self._assigned if tp[0] != self._retry_topic}
+        if self._retries_held:
+            wanted |= {tp for tp in self._assigned if tp[0] == self._retry_topic}
+        to_pause, to_resume = wanted - self._paused, self._paused - wanted
+        if to_pause:
+            self._consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+            self._paused |= to_pause
+        if to_resume:
+            self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
+            self._paused -= to_resume
         PARTITIONS_PAUSED.set(len(self._paused))
 
-    def _toggle(self, tps: set[TopicPartitionKey], pause: bool, resume: bool) -> None:
-        if pause:
-            to_pause = tps - self._paused
-            if to_pause:
-                self._consumer.pause([TopicPartition(t, p) for t, p in to_pause])
-                self._paused |= to_pause
-        elif resume:
-            to_resume = tps & self._paused
-            if to_resume:
-                self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
-                self._paused -= to_resume
-
-    def _commit(self, keys: set[TopicPartitionKey] | None, asynchronous: bool) -> None:
+    def _commit(
+        self, keys: set[TopicPartitionKey] | None, asynchronous: bool, retry_for: float = 0.0
+    ) -> None:
         scope = self._assigned if keys is None else keys & self._assigned
         offsets = self._handler.committable(scope)
         if not offsets:
             return
-        try:
-            listed = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-            if asynchronous:
+        listed = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        if asynchronous:
+            try:
                 self._consumer.commit(offsets=listed, asynchronous=True)
-            else:
+            except KafkaException as exc:
+                self._commit_failed(exc)
+            return
+        deadline = time.monotonic() + retry_for
+        pause = 0.1
+        while True:
+            try:
                 self._consumer.commit(offsets=listed, asynchronous=False)
-                self._handler.mark_committed(offsets)
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:
+            except KafkaException as exc:
+                if is_transient(exc) and time.monotonic() + pause < deadline and not self._stop.is_set():
+                    log.warning("commit failed; retrying", extra={"error": str(exc)[:300]})
+                    self._stop.wait(pause)  # a pause between attempts, cut short by stop
+                    pause = min(pause * 2, 2.0)
+                    continue
+                self._commit_failed(exc)
                 return
-            log.warning("commit failed; will retry", extra={"error": str(exc)})
+            self._handler.mark_committed(offsets)
+            return
+
+    @staticmethod
+    def _commit_failed(exc: KafkaException) -> None:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:
+            return
+        log.warning("commit failed; will retry", extra={"error": str(exc)})
 
     def stop(self, timeout: float) -> None:
         """Stop fetching; the owner drains, then calls :meth:`close`."""
@@ -280,11 +374,24 @@ class SourceConsumer:
     def close(self, drain_timeout: float) -> None:
         """After the loop stopped: drain everything, commit synchronously, leave the group."""
         self._handler.drain(set(self._assigned), drain_timeout)
-        self._commit(None, asynchronous=False)
+        self._commit(None, asynchronous=False, retry_for=REVOKE_COMMIT_RETRY_SECONDS)
         self._consumer.close()
 
     def alive(self, stale_after: float = 30.0) -> bool:
-        """False only when the loop was started and died or stalls; waiting to start is alive."""
+        """False only when the loop was started and died or is stuck; waiting to start is alive.
+
+        Stuck: the loop has not come round for ``stale_after`` seconds, except inside a rebalance
+        callback that is making progress (a drain, an outcome read-back), or a broker call has been
+        retried on transient errors for ``stale_after`` seconds."""
         if self._thread.ident is None:
             return not self._stop.is_set()
-        return self._thread.is_alive() and time.monotonic() - self.last_loop < stale_after
+        if not self._thread.is_alive():
+            return False
+        now = time.monotonic()
+        for stuck in (self.calls.stuck_since, self._handler.stuck_since()):
+            if stuck is not None and now - stuck >= stale_after:
+                return False
+        since = self._callback_since
+        if since is not None:
+            return now - since < stale_after + self._drain_timeout + 120.0
+        return now - self.last_loop < stale_after
