@@ -3,13 +3,32 @@ transactions with consumer offsets, idempotent production."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from tests.support.kafka import TopicFactory, consume_all, produce, unique_name
+from tests.support.kafka import KAFKA_SCRIPT, ROOT, TopicFactory, consume_all, produce, unique_name
+
+JARS = Path(os.environ.get("EVENTMAIL_CACHE", ROOT / ".cache")) / "kafka" / "jars"
+
+
+def free_port_pair(start: int) -> int:
+    """The first port from ``start`` that is free together with the next one (broker, controller)."""
+    for port in range(start, start + 200, 2):
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError(f"no two free ports from {start}")
 
 
 def test_produce_consume_round_trip(kafka_bootstrap: str, topic_factory: TopicFactory) -> None:
@@ -86,3 +105,40 @@ def test_each_test_gets_its_own_topics(topic_factory: TopicFactory) -> None:
     second = topic_factory("same")
     assert first != second
     assert first.startswith("test_each_test_gets_its_own_topics.same-")
+
+
+def _script_env(**extra: str) -> dict[str, str]:
+    """A shell as a new user has it: no PYTHON, no virtualenv on PATH."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHON", "VIRTUAL_ENV"}}
+    env["PATH"] = "/usr/bin:/bin"
+    env.update(extra)
+    return env
+
+
+def test_script_finds_the_project_venv_for_its_readiness_check(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """``kafka.sh up`` from a shell without the virtualenv: the readiness check uses the project's
+    .venv by itself (it used to wait 60 s and say "no answer" while the broker ran)."""
+    port = free_port_pair(39320)
+    env = _script_env(KAFKA_PORT=str(port), EVENTMAIL_CACHE=str(tmp_path / "cache"))
+    # The jars are shared with the session's broker (no second download).
+    (tmp_path / "cache" / "kafka").mkdir(parents=True)
+    (tmp_path / "cache" / "kafka" / "jars").symlink_to(JARS)
+    try:
+        up = subprocess.run([str(KAFKA_SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=180)
+        assert up.returncode == 0, up.stderr
+        assert "kafka: up: 127.0.0.1:" in up.stderr
+    finally:
+        subprocess.run([str(KAFKA_SCRIPT), "down"], env=env, capture_output=True, timeout=60)
+
+
+def test_script_says_what_is_missing_without_a_usable_python(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    env = _script_env(KAFKA_PORT="39329", PYTHON=str(fake), EVENTMAIL_CACHE=str(tmp_path / "cache"))
+    started = time.monotonic()
+    up = subprocess.run([str(KAFKA_SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert up.returncode == 1
+    assert time.monotonic() - started < 10  # before any broker starts, not after a 60 s wait
+    assert f"needs a Python with confluent-kafka; {fake} has none" in up.stderr
+    assert "make install" in up.stderr

@@ -224,3 +224,97 @@ def consume_all(
     finally:
         consumer.close()
     return out
+
+
+class LocalCluster(LocalBroker):
+    """A secured and/or 3-node cluster of ``deploy/local/kafka.sh`` (``KAFKA_SECURE``, ``KAFKA_BROKERS``).
+
+    Secured: SASL_SSL with SCRAM-SHA-512, the CA file and one password file per user made by the
+    script; ``client_config(user)`` is what a client of that user needs (the password read from its
+    file, as a mounted Secret would be)."""
+
+    def __init__(self, port: int, *, nodes: int = 1, secure: bool = False) -> None:
+        super().__init__(port)
+        self.nodes = nodes
+        self.secure = secure
+        self.env.update({"KAFKA_BROKERS": str(nodes), "KAFKA_SECURE": "1" if secure else "0"})
+
+    def _script(self, *args: str) -> str:
+        out = subprocess.run([str(KAFKA_SCRIPT), *args], env=self.env, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{self.node_port(i)}" for i in range(1, self.nodes + 1))
+
+    def node_port(self, node: int) -> int:
+        return self.port + 2 * (node - 1)
+
+    @property
+    def directory(self) -> Path:
+        return Path(self._script("dir"))
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "tls" / "ca.pem"
+
+    def password_file(self, user: str) -> Path:
+        return self.directory / "secrets" / user
+
+    def client_config(self, user: str = "admin") -> dict[str, Any]:
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap}
+        if self.secure:
+            config.update(
+                {
+                    "security.protocol": "SASL_SSL",
+                    "sasl.mechanisms": "SCRAM-SHA-512",
+                    "ssl.ca.location": str(self.ca_file),
+                    "sasl.username": user,
+                    "sasl.password": self.password_file(user).read_text().strip(),
+                }
+            )
+        return config
+
+    def kill(self, node: int) -> None:
+        """kill -9 one node; :meth:`start` brings it back."""
+        result = subprocess.run(
+            [str(KAFKA_SCRIPT), "kill", str(node)], env=self.env, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"could not kill node {node}: {result.stderr}")
+
+    def tail_log(self, lines: int = 40, node: int = 1) -> str:
+        try:
+            path = Path(self._script("log", str(node)))
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no broker log)"
+
+
+@contextlib.contextmanager
+def local_cluster(port: int, *, nodes: int = 1, secure: bool = False) -> Iterator[LocalCluster]:
+    """A cluster for the session, stopped after it when this session started it."""
+    cluster = LocalCluster(port, nodes=nodes, secure=secure)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        if cluster.started_here:
+            cluster.stop()
+
+
+def create_topic(
+    config: dict[str, Any],
+    name: str,
+    partitions: int = 1,
+    replication: int = 1,
+    topic_config: dict[str, str] | None = None,
+) -> str:
+    """Create ``name`` through ``config`` (e.g. a super user's) and wait for its leaders."""
+    admin = AdminClient(config)
+    futures = admin.create_topics(
+        [NewTopic(name, partitions, replication, config=dict(topic_config or {}))], operation_timeout=30
+    )
+    futures[name].result(timeout=30)
+    wait_for_topic(admin, name, partitions)
+    return name
