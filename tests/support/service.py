@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,8 @@ from consumer.devtools.process import ServiceProcess as _ServiceProcess
 from tests.support.kafka import TopicFactory
 
 ROOT = Path(__file__).resolve().parents[2]
+
+LogRecord = dict[str, Any]
 
 
 @dataclass
@@ -54,7 +58,70 @@ class Deployment:
 
 class ServiceProcess(_ServiceProcess):
     """``eventmail <command>`` in a subprocess with its own HTTP port and a log file, run from the
-    repository's root."""
+    repository's root; with waits on its metrics and its (JSON) log lines."""
 
     def __init__(self, command: str, env: dict[str, str], log_dir: Path, name: str | None = None) -> None:
         super().__init__(command, env, log_dir, name, cwd=ROOT)
+
+    def wait_metric(
+        self,
+        name: str,
+        condition: Callable[[float], bool],
+        labels: dict[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> float:
+        """The value of :meth:`metric` once ``condition`` holds for it; TimeoutError (with the last
+        value and the end of the log) when it does not within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        last: float | str = "no answer"
+        while True:
+            self.check_alive()
+            try:
+                value = self.metric(name, labels)
+            except OSError as exc:
+                last = str(exc)
+            else:
+                if condition(value):
+                    return value
+                last = value
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{self.name}: {name}{labels or ''} last {last} after {timeout}s:\n{self.tail()}"
+                )
+            time.sleep(0.1)
+
+    def log_records(self) -> list[LogRecord]:
+        """The JSON log lines written so far (other lines, e.g. a traceback's, are left out)."""
+        records: list[LogRecord] = []
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return records
+        for line in text.splitlines():
+            if line.startswith("{"):
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue  # the last line may still be being written
+        return records
+
+    def logged(self, msg: str, **fields: Any) -> list[LogRecord]:
+        """The log records with this message and these fields."""
+        return [
+            r
+            for r in self.log_records()
+            if r.get("msg") == msg and all(r.get(k) == v for k, v in fields.items())
+        ]
+
+    def wait_logged(self, msg: str, count: int = 1, timeout: float = 60.0, **fields: Any) -> list[LogRecord]:
+        """The log records with this message and fields, once there are at least ``count``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.logged(msg, **fields)
+            if len(found) >= count:
+                return found
+            self.check_alive()
+            if time.monotonic() >= deadline:
+                what = f"{len(found)} of {count} log lines {msg!r} {fields}"
+                raise TimeoutError(f"{self.name}: {what} after {timeout}s:\n{self.tail()}")
+            time.sleep(0.1)
