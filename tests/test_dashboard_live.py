@@ -128,11 +128,13 @@ def test_every_dashboard_metric_is_served_by_a_running_service(
                 break
             time.sleep(1)
         # The traffic did what the comments above say, so the samples mean something.
-        assert services[0].metric("eventmail_mails_sent_total") >= 3
-        assert services[0].metric("eventmail_mails_failed_total", {"connection": "refusing"}) >= 1
-        assert services[0].metric("eventmail_mails_retried_total", {"connection": "busy"}) >= 1
-        assert services[0].metric("eventmail_dlq_records_total") == 2
-        assert services[1].metric("eventmail_alerts_fired_total", {"kind": "fired"}) == 1
+        # (Each waited for: a series may have its first sample before the traffic is all through.)
+        run, aggregate = services
+        run.wait_metric("eventmail_mails_sent_total", lambda n: n >= 3)
+        run.wait_metric("eventmail_mails_failed_total", lambda n: n >= 1, {"connection": "refusing"})
+        run.wait_metric("eventmail_mails_retried_total", lambda n: n >= 1, {"connection": "busy"})
+        assert run.wait_metric("eventmail_dlq_records_total", lambda n: n >= 2) == 2
+        assert aggregate.wait_metric("eventmail_alerts_fired_total", lambda n: n >= 1, {"kind": "fired"}) == 1
     finally:
         for service in services:
             service.stop()

@@ -45,7 +45,8 @@ def test_matching_events_become_mail_and_outcomes(
         publish(deployment, [*matching, other_product, other_trigger])
         server.wait_for(5, timeout=60)
         got = wait_outcomes(deployment, lambda o: len(o) >= 5)
-        assert service.metric("eventmail_events_consumed_total") == 7
+        # The two events no rule wants are consumed too (on their own partitions, maybe after the mail).
+        assert service.wait_metric("eventmail_events_consumed_total", lambda n: n >= 7) == 7
         assert service.terminate() == 0
     finally:
         service.stop()
@@ -93,13 +94,13 @@ def test_malformed_records_go_to_the_dlq_and_good_ones_are_delivered(
         publish(deployment, good[1:])
         dlq = consume_all(deployment.bootstrap, deployment.topics["dlq"], expected=5, timeout=60)
         server.wait_for(3, timeout=60)
-        assert service.metric("eventmail_dlq_records_total") == 5
+        assert service.wait_metric("eventmail_dlq_records_total", lambda n: n >= 5) == 5
         assert service.terminate() == 0
     finally:
         service.stop()
     assert sorted(m.key() for m in dlq) == [b"k1", b"k2", b"k3", b"k4", b"k5"]
     headers = {m.key(): dict(m.headers() or []) for m in dlq}
-    assert b"lms" in headers[b"k3"]["eventmail.error"] or b"trigger" in headers[b"k3"]["eventmail.error"]
+    assert b"trigger 'amd' is not a lms trigger" in headers[b"k3"]["eventmail.error"]
     assert b"occurred_at" in headers[b"k4"]["eventmail.error"]
     assert headers[b"k1"]["eventmail.source"].startswith(deployment.topics["lms"].encode() + b":0:")
     assert [m.value() for m in dlq if m.key() == b"k2"] == [b"{not json"]
@@ -139,8 +140,8 @@ def test_call_logic_events_use_their_own_topic_and_rules(
         publish(deployment, events)
         server.wait_for(1, timeout=60)
         wait_outcomes(deployment, lambda o: len(o) >= 1)
-        assert service.metric("eventmail_events_consumed_total") == 3
-        service.terminate()
+        assert service.wait_metric("eventmail_events_consumed_total", lambda n: n >= 3) == 3
+        assert service.terminate() == 0
     finally:
         service.stop()
     assert [m.subject for m in server.messages] == ["Call C1 via pool-1"]
