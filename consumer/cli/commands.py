@@ -12,6 +12,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "logs",
     "rules",
     "rules_authoring",
+    "topics",
     "placeholders",
     "aggregate",
     "usage",
