@@ -33,7 +33,7 @@ from consumer.rules.model import Rule
 from consumer.settings import Settings
 from tests.factories import make_event
 from tests.pipeline_support import esp, rule_doc
-from tests.support.kafka import TopicFactory
+from tests.support.kafka import LocalBroker, TopicFactory
 from tests.support.service import Deployment
 from tests.support.smtp import SMTPServerFactory, SMTPTestServer
 
@@ -242,3 +242,49 @@ def test_a_lost_partition_cancels_its_waiting_work(
     assert len(server.messages) == 1, f"{len(server.messages)} mails sent for a lost partition"
     assert h.pipeline.committable() == {}, "a lost partition has nothing to commit"
     assert h.fatal == []
+
+
+def test_an_assignment_during_a_broker_restart_is_retried_and_completes(
+    make_harness: Callable[..., Harness], local_broker: LocalBroker
+) -> None:
+    """The assign callback's reads (committed offsets, outcome read-back) meet the broker away: they
+    are retried, the service reports itself stuck meanwhile, and the assignment completes once the
+    broker is back (before, the error was raised out of the callback)."""
+    h = make_harness(rules=False)
+    tp = h.lms_tp
+    errors: list[BaseException] = []
+
+    def assign() -> None:
+        try:
+            h.assign(tp)
+        except BaseException as exc:
+            errors.append(exc)
+
+    local_broker.stop()
+    worker = threading.Thread(target=assign)
+    try:
+        worker.start()
+        wait_for(
+            lambda: bool(errors) or _retries(h) > 0,
+            60,
+            "a retried broker call",
+        )
+        assert not errors, f"the assign callback raised: {errors[0]!r}"
+        wait_for(lambda: not h.source.alive(stale_after=1.0), 30, "the service reported as stuck")
+    finally:
+        local_broker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "the assignment never completed after the broker came back"
+    assert not errors, f"the assign callback raised: {errors[0]!r}"
+    assert h.fatal == []
+    assert h.source.assignment_received.is_set()
+    assert tp in h.pipeline.spans()
+    assert h.source.alive(stale_after=1.0)
+
+
+def _retries(h: Harness) -> int:
+    """Broker calls retried so far by the source's callbacks and the pipeline's start-up reads."""
+    return sum(
+        getattr(getattr(o, name, None), "retries", 0)
+        for o, name in ((h.source, "calls"), (h.pipeline, "reads"))
+    )

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 BATCH = 500
 #: How long the pipeline may stay full (the source waiting for room) before event partitions are paused.
 FULL_GRACE_SECONDS = 1.0
+#: One attempt to read the committed offsets on assignment (retried while the errors are transient).
+COMMITTED_TIMEOUT_SECONDS = 10.0
 #: How long a synchronous commit on revoke is retried on transient errors.
 REVOKE_COMMIT_RETRY_SECONDS = 10.0
 
@@ -183,7 +185,7 @@ class SourceConsumer:
         """The group's committed offsets (-1001: none), retried while the broker answers transiently."""
 
         def read() -> dict[TopicPartitionKey, int]:
-            committed = consumer.committed(partitions, timeout=30)
+            committed = consumer.committed(partitions, timeout=COMMITTED_TIMEOUT_SECONDS)
             for p in committed:
                 if p.error is not None:
                     raise KafkaException(p.error)
@@ -383,14 +385,14 @@ class SourceConsumer:
         Stuck: the loop has not come round for ``stale_after`` seconds, except inside a rebalance
         callback that is making progress (a drain, an outcome read-back), or a broker call has been
         retried on transient errors for ``stale_after`` seconds."""
-        if self._thread.ident is None:
-            return not self._stop.is_set()
-        if not self._thread.is_alive():
-            return False
         now = time.monotonic()
         for stuck in (self.calls.stuck_since, self._handler.stuck_since()):
             if stuck is not None and now - stuck >= stale_after:
                 return False
+        if self._thread.ident is None:
+            return not self._stop.is_set()
+        if not self._thread.is_alive():
+            return False
         since = self._callback_since
         if since is not None:
             return now - since < stale_after + self._drain_timeout + 120.0
