@@ -37,7 +37,18 @@ class KafkaSettings(BaseModel):
 
     bootstrap_servers: str = "localhost:9092"
     #: Extra librdkafka options (SASL, TLS ...). May hold credentials: kept out of repr.
+    #: TLS material is given as files by librdkafka's own options (ssl.ca.location, ...).
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict, repr=False)
+    #: A file holding the SASL password (``sasl.password``), e.g. a mounted Kubernetes Secret; read
+    #: whenever a client is made, never logged.
+    sasl_password_file: Path | None = None
+
+    @field_validator("sasl_password_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
 
 
 class TopicSettings(BaseModel):
@@ -226,6 +237,14 @@ class Settings(BaseSettings):
         """The librdkafka configuration common to every client of this deployment."""
         config: dict[str, Any] = {"bootstrap.servers": self.kafka.bootstrap_servers}
         config.update(self.kafka.extra)
+        if self.kafka.sasl_password_file is not None:
+            try:
+                config["sasl.password"] = self.kafka.sasl_password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SettingsError(
+                    f"EVENTMAIL_KAFKA__SASL_PASSWORD_FILE: cannot read {self.kafka.sasl_password_file}: "
+                    f"{exc.strerror}"
+                ) from None
         config.update(overrides)
         return config
 

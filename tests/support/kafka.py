@@ -162,8 +162,12 @@ def produce(
     records: list[tuple[bytes | str | None, bytes | str | None]],
     headers: list[tuple[str, bytes]] | None = None,
     partition: int | None = None,
+    client_config: dict[str, Any] | None = None,
 ) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    """``client_config``: more librdkafka settings (a secured cluster's credentials)."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, **(client_config or {})}
+    )
     errors: list[Any] = []
 
     def report(err: Any, _msg: Message) -> None:
@@ -184,13 +188,18 @@ def produce(
 
 
 def consume_all(
-    bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0
+    bootstrap: str,
+    topic: str,
+    expected: int | None = None,
+    timeout: float = 30.0,
+    client_config: dict[str, Any] | None = None,
 ) -> list[Message]:
     """Every record of ``topic`` from the beginning: until ``expected`` arrived, or the end is reached."""
     import time
 
     consumer = Consumer(
         {
+            **(client_config or {}),
             "bootstrap.servers": bootstrap,
             "group.id": unique_name("reader"),
             "enable.auto.commit": False,

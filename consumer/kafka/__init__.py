@@ -1,0 +1,1 @@
+"""Kafka-side concerns shared by the commands and services: ACLs, permission checks, client logs."""

@@ -1,0 +1,175 @@
+"""eventmail on a secured broker: SASL_SSL with SCRAM-SHA-512, a private CA, StandardAuthorizer with
+``allow.everyone.if.no.acl.found=false``. Each component runs as its own user with exactly the ACLs
+``eventmail acls`` grants (the ones docs/operations.md lists), and nothing more."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from consumer.outcomes.codec import decode_outcome
+from consumer.outcomes.model import Outcome, OutcomeStatus
+from tests.clirun import CliResult, run_cli
+from tests.factories import make_event
+from tests.pipeline_support import esp, rule_doc
+from tests.support.kafka import LocalCluster, consume_all, create_topic, produce, unique_name
+from tests.support.kafka_fixtures import secured_kafka  # noqa: F401 (a fixture)
+from tests.support.service import Deployment, ServiceProcess
+from tests.support.smtp import SMTPServerFactory
+
+
+class SecureDeployment:
+    """A deployment's topics on the secured broker, and the environment of each component's user."""
+
+    def __init__(self, cluster: LocalCluster, prefix: str) -> None:
+        self.cluster = cluster
+        self.admin_config = cluster.client_config("admin")
+        topics = {
+            "lms": 2,
+            "call_logic": 1,
+            "rules": 1,
+            "outcomes": 2,
+            "alerts": 1,
+            "dlq": 1,
+            "retry": 2,
+        }
+        names = {}
+        for key, partitions in topics.items():
+            config = {"cleanup.policy": "compact"} if key == "rules" else {}
+            names[key] = create_topic(
+                self.admin_config, unique_name(f"{prefix}.{key}"), partitions, 1, config
+            )
+        self.deployment = Deployment(cluster.bootstrap, names, group_id=unique_name("g"))
+        self.topics = names
+
+    def env(self, user: str, **extra: str) -> dict[str, str]:
+        """The settings of a component running as ``user``: the CA file and the password file, as a
+        platform team mounts them, and no password in any variable."""
+        kafka_extra = {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanisms": "SCRAM-SHA-512",
+            "sasl.username": user,
+            "ssl.ca.location": str(self.cluster.ca_file),
+        }
+        return self.deployment.env(
+            EVENTMAIL_KAFKA__EXTRA=json.dumps(kafka_extra),
+            EVENTMAIL_KAFKA__SASL_PASSWORD_FILE=str(self.cluster.password_file(user)),
+            **extra,
+        )
+
+    def grant(self, component: str, user: str) -> None:
+        result = run_cli(["acls", component, "--principal", f"User:{user}", "--apply"], self.env("admin"))
+        assert result.code == 0, result.err
+
+    def publish(self, events: list[Any]) -> None:
+        from consumer.events.codec import encode_json
+
+        records: list[tuple[bytes | str | None, bytes | str | None]] = [
+            (e.event_id.encode(), encode_json(e)) for e in events
+        ]
+        produce(self.cluster.bootstrap, self.topics["lms"], records, client_config=self.admin_config)
+
+    def outcomes(self, expected: int | None = None) -> list[Outcome]:
+        got = consume_all(
+            self.cluster.bootstrap,
+            self.topics["outcomes"],
+            expected=expected,
+            timeout=60,
+            client_config=self.admin_config,
+        )
+        return [decode_outcome(m.value() or b"") for m in got]
+
+    def apply_rules(self, tmp_path: Path, *docs: dict[str, Any], user: str = "eventmail-admin") -> CliResult:
+        import yaml
+
+        path = tmp_path / f"rules-{unique_name('r')}.yaml"
+        path.write_text(yaml.safe_dump(list(docs)))
+        return run_cli(["rules", "apply", str(path)], self.env(user))
+
+
+@pytest.fixture
+def secure(secured_kafka: LocalCluster, request: pytest.FixtureRequest) -> Iterator[SecureDeployment]:  # noqa: F811
+    setup = SecureDeployment(secured_kafka, request.node.name[:40])
+    yield setup
+    AdminClient(setup.admin_config).delete_topics(list(setup.topics.values()), operation_timeout=30)
+
+
+def test_a_user_without_acls_is_refused_and_plaintext_is_not_spoken(
+    secured_kafka: LocalCluster,  # noqa: F811
+) -> None:
+    topic = create_topic(secured_kafka.client_config("admin"), unique_name("noacl"))
+    with pytest.raises(AssertionError, match="TOPIC_AUTHORIZATION_FAILED"):
+        produce(
+            secured_kafka.bootstrap,
+            topic,
+            [(None, b"x")],
+            client_config=_quick(secured_kafka, "eventmail-nobody"),
+        )
+    errors: list[str] = []
+    wrong = {
+        **secured_kafka.client_config("eventmail-nobody"),
+        "sasl.password": "not-the-password",
+        "log_level": 0,
+        "error_cb": lambda err: errors.append(err.str()),
+    }
+    producer = Producer(wrong)
+    deadline = time.monotonic() + 30
+    while not errors and time.monotonic() < deadline:
+        producer.poll(0.2)
+    assert any("invalid credentials" in e for e in errors), errors
+
+
+def _quick(cluster: LocalCluster, user: str) -> dict[str, Any]:
+    return {**cluster.client_config(user), "message.timeout.ms": 10000}
+
+
+def test_run_works_end_to_end_with_exactly_its_acls(
+    secure: SecureDeployment, smtp_server_factory: SMTPServerFactory, tmp_path: Path
+) -> None:
+    secure.grant("admin", "eventmail-admin")
+    secure.grant("run", "eventmail-run")
+    secure.grant("reader", "eventmail-reader")
+    server = smtp_server_factory("plain")
+    secure.deployment.extra_env["EVENTMAIL_ESP_CONNECTIONS"] = json.dumps({"default": esp(server)})
+    applied = secure.apply_rules(tmp_path, rule_doc("r-secure"))
+    assert applied.code == 0, applied.err
+    env = secure.env("eventmail-run")
+    service = ServiceProcess("run", env, tmp_path, name="secure-run").start()
+    try:
+        service.wait_ready(timeout=90)
+        secure.publish([make_event(lead_id=f"S{i}") for i in range(3)])
+        server.wait_for(3, timeout=60)
+        got = secure.outcomes(expected=3)
+        _, metrics = service.get("/metrics")
+        assert service.terminate() == 0
+    finally:
+        service.stop()
+    assert sorted(o.status for o in got) == [OutcomeStatus.SENT] * 3
+    # `logs` as the reader user: READ on the outcomes topic and nothing else.
+    logs = run_cli(["logs", "--json", "--since", "1h"], secure.env("eventmail-reader"))
+    assert logs.code == 0, logs.err
+    assert logs.out.count('"r-secure"') == 3
+    password = secure.cluster.password_file("eventmail-run").read_text().strip()
+    log_text = service.log_path.read_text()
+    for where, text in {
+        "log": log_text,
+        "metrics": metrics,
+        "outcomes": repr(got),
+        "cli": logs.out + logs.err,
+    }.items():
+        assert password not in text, f"the SASL password is in the {where}"
+
+
+def test_a_missing_password_file_is_a_settings_error_naming_it() -> None:
+    result = run_cli(["acls", "run"], {"EVENTMAIL_KAFKA__SASL_PASSWORD_FILE": "/no/such/password"})
+    assert result.code != 0
+    assert result.err.strip() == (
+        "eventmail: EVENTMAIL_KAFKA__SASL_PASSWORD_FILE: Value error, no such file: /no/such/password"
+    )
