@@ -21,8 +21,7 @@ def _outcome(rule: str, status: OutcomeStatus, minutes_ago: float, **extra: obje
         status=status,
         to=["Ops <ops@example.com>"],
         cc=["cc@example.com"],
-        subject=f"Lead sold ({rule})",
-        **extra,  # type: ignore[arg-type]
+        **{"subject": f"Lead sold ({rule})", **extra},  # type: ignore[arg-type]
     )
 
 
@@ -83,3 +82,22 @@ def test_logs_on_a_missing_topic_is_one_clear_line(kafka_bootstrap: str) -> None
     result = run_cli(["logs"], env)
     assert result.code == 1
     assert result.err.strip() == "eventmail: topic no-such-topic-x does not exist"
+
+
+def test_logs_print_outcome_text_as_text_not_markup(
+    kafka_bootstrap: str, topic_factory: TopicFactory
+) -> None:
+    topic = topic_factory("outcomes")
+    outcomes = [
+        _outcome("r-m", OutcomeStatus.SENT, 2, subject="Order shipped [js-0073]"),
+        _outcome(
+            "r-m", OutcomeStatus.FAILED, 1, subject="[bold]loud[/bold] :smile:", error="bad field [/oops]"
+        ),
+    ]
+    produce(kafka_bootstrap, topic, [(o.rule_id.encode(), encode_outcome(o)) for o in outcomes])
+    env = {"EVENTMAIL_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap, "EVENTMAIL_TOPICS__OUTCOMES": topic}
+    table = run_cli(["logs", "--since", "1h"], {**env, "COLUMNS": "250"})
+    assert table.code == 0, table.err
+    assert "Subject: Order shipped [js-0073]" in table.out
+    assert "Subject: [bold]loud[/bold] :smile:" in table.out
+    assert "bad field [/oops]" in table.out

@@ -9,9 +9,9 @@ import sys
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from consumer.cli.common import DURATION, CliState, pass_state
+from consumer.cli.tables import TextTable, text
 from consumer.errors import CodecError
 from consumer.outcomes.codec import decode_outcome
 from consumer.outcomes.model import Outcome, OutcomeStatus
@@ -29,8 +29,8 @@ def message_cell(outcome: Outcome) -> str:
     return "\n".join(lines)
 
 
-def outcome_table(outcomes: list[Outcome], title: str | None = None) -> Table:
-    table = Table(title=title, show_lines=True, expand=True)
+def outcome_table(outcomes: list[Outcome], title: str | None = None) -> TextTable:
+    table = TextTable(title=title, show_lines=True, expand=True)
     table.add_column("Created", no_wrap=True)
     table.add_column("Rule", no_wrap=True)
     table.add_column("Status", no_wrap=True)
@@ -41,7 +41,7 @@ def outcome_table(outcomes: list[Outcome], title: str | None = None) -> Table:
         table.add_row(
             o.created.strftime("%Y-%m-%d %H:%M:%S"),
             o.rule_id,
-            f"[{_STATUS_STYLE[status]}]{status}[/]",
+            text(status, _STATUS_STYLE[status]),
             message_cell(o),
             o.error or "",
         )

@@ -9,8 +9,8 @@ import json
 
 import click
 from rich.console import Console
-from rich.table import Table
 
+from consumer.cli.tables import TextTable
 from consumer.events.placeholders import DATA_PREFIX, placeholders_for
 from consumer.events.triggers import Platform, is_trigger, triggers_for
 from consumer.rules.templates import suggestion
@@ -70,7 +70,7 @@ def placeholders_command(platform: str | None, trigger: str | None, as_json: boo
             click.echo(json.dumps({"name": name, "description": description, "platforms": where}))
         return
     title = "Placeholders" + (f" for {trigger}" if trigger else "")
-    table = Table(title=title, expand=True)
+    table = TextTable(title=title, expand=True)
     table.add_column("Placeholder", no_wrap=True)
     table.add_column("Description")
     table.add_column("Platforms", no_wrap=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 import click
 import yaml
 from rich.console import Console
-from consumer.cli.tables import TextTable
 
 from consumer.cli.common import CliState, fail, pass_state
+from consumer.cli.tables import TextTable
 from consumer.errors import SecretError
 from consumer.rules.checks import RuleContext
 from consumer.rules.matching import CompiledRule, RuleIndex

@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from consumer.cli.common import DURATION, CliState, pass_state
+from consumer.cli.tables import TextTable
 
 
 def _money(amount: Decimal) -> str:
@@ -74,7 +74,7 @@ def usage_command(state: CliState, since: float, by_day: bool, as_json: bool) ->
     title = (
         f"Billable events {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC ({_money(PRICE_PER_EVENT)} each)"
     )
-    table = Table(title=title)
+    table = TextTable(title=title)
     table.add_column("Rule", no_wrap=True)
     if by_day:
         table.add_column("Day (UTC)", no_wrap=True)

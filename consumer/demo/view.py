@@ -13,10 +13,10 @@ from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
 from consumer.cli.logs import outcome_table
+from consumer.cli.tables import TextTable
 from consumer.demo.plan import Plan
 from consumer.demo.traffic import Tally
 from consumer.outcomes.model import AlertKind
@@ -108,7 +108,7 @@ class Summary:
 
 def summary_view(summary: Summary, services_running: bool) -> Group:
     expected = summary.expected
-    counts = Table(title="eventmail demo: summary", show_header=True, title_justify="left")
+    counts = TextTable(title="eventmail demo: summary", show_header=True, title_justify="left")
     counts.add_column("", no_wrap=True)
     counts.add_column("count", justify="right")
     counts.add_column("expected", justify="right")
@@ -140,12 +140,12 @@ def summary_view(summary: Summary, services_running: bool) -> Group:
         ", ".join(f"{a['rule_id']}: {a['reason']}" for a in fired) + f" (mail in {summary.alerts_dir})",
     )
     counts.add_row("dead letters (DLQ)", str(summary.dead_letters), str(expected["dead_letters"]), "")
-    per_rule = Table(title="per rule", title_justify="left")
+    per_rule = TextTable(title="per rule", title_justify="left")
     for column in ("rule", "sent", "failed"):
         per_rule.add_column(column, justify="left" if column == "rule" else "right")
     for rule_id, counts_of_rule in summary.per_rule.items():
         per_rule.add_row(rule_id, str(counts_of_rule.get("sent", 0)), str(counts_of_rule.get("failed", 0)))
-    where = Table(title="where to look", show_header=False, title_justify="left")
+    where = TextTable(title="where to look", show_header=False, title_justify="left")
     where.add_column(no_wrap=True)
     where.add_column(overflow="fold")
     where.add_row("mail", f"{summary.mail_dir}/*.eml (alert mail in {summary.alerts_dir}/)")
