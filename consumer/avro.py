@@ -61,13 +61,28 @@ def encode_schemaless(record: dict[str, Any], schema: Any) -> bytes:
 
 
 class AvroRecordCodec:
-    """Schemaless Avro with one of the shipped schemas (outcomes, alerts)."""
+    """Schemaless Avro with one of the shipped schemas (outcomes, alerts).
 
-    def __init__(self, schema_name: str) -> None:
+    Records are written with the current schema. Fields are only ever appended, nullable with a
+    default, and each earlier version stays in ``schemas/`` (``older``, newest first): a record that
+    does not decode with the current schema (an older, shorter one) is read with the earlier writer
+    schemas in turn, resolved to the current one, so the new fields come out as their defaults.
+    """
+
+    def __init__(self, schema_name: str, older: tuple[str, ...] = ()) -> None:
         self.schema = parsed_schema(schema_name)
+        self._older = tuple(parsed_schema(name) for name in older)
 
     def encode(self, record: dict[str, Any]) -> bytes:
         return encode_schemaless(record, self.schema)
 
     def decode(self, body: bytes) -> dict[str, Any]:
-        return decode_schemaless(body, self.schema)
+        try:
+            return decode_schemaless(body, self.schema)
+        except CodecError as current:
+            for writer in self._older:
+                try:
+                    return decode_schemaless(body, writer, self.schema)
+                except CodecError:
+                    continue
+            raise current from None

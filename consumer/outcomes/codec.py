@@ -8,7 +8,7 @@ from consumer.avro import AvroRecordCodec
 from consumer.errors import CodecError, describe_validation
 from consumer.outcomes.model import Alert, Outcome
 
-_OUTCOME = AvroRecordCodec("outcome")
+_OUTCOME = AvroRecordCodec("outcome", older=("outcome.v1",))
 _ALERT = AvroRecordCodec("alert")
 
 

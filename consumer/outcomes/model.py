@@ -53,6 +53,8 @@ class Outcome(BaseModel):
     connection: str | None = None
     empty_placeholders: list[str] = Field(default_factory=list)
     warnings_enabled: bool = False
+    #: The offset of the rule's record on the rules topic: which version of the rule acted.
+    rule_version: int | None = None
 
     @property
     def is_warning(self) -> bool:
