@@ -54,6 +54,9 @@ class CompiledRule:
     rule: Rule = field(repr=False, compare=False)
     #: None: no filters, every event of the triggers and scope matches.
     predicate: Predicate | None = field(default=None, repr=False, compare=False)
+    #: The offset of the rule's record on the rules topic (None for a rule read from a file): the
+    #: ``rule_version`` of its outcomes and the ``X-Eventmail-Rule-Version`` header of its mails.
+    record_offset: int | None = field(default=None, compare=False)
 
     @property
     def connection_label(self) -> str:
@@ -70,7 +73,7 @@ class CompiledRule:
         return self.predicate is None or self.predicate(event)
 
 
-def compile_rule(rule: Rule, version: str | None = None) -> CompiledRule:
+def compile_rule(rule: Rule, version: str | None = None, record_offset: int | None = None) -> CompiledRule:
     return CompiledRule(
         rule_id=rule.id,
         name=rule.name,
@@ -84,6 +87,7 @@ def compile_rule(rule: Rule, version: str | None = None) -> CompiledRule:
         warnings_enabled=rule.warnings_enabled,
         rule=rule,
         predicate=compile_filters(rule.filters),
+        record_offset=record_offset,
     )
 
 
