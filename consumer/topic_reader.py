@@ -1,6 +1,10 @@
 """Reading a whole topic from a point in time: every partition from ``offsets_for_times(since)`` to
 the end it had when reading started (or on, with ``follow``). Used by the CLI (``logs``, ``usage``)
 and by services that rebuild state from a log. Read-only: it never commits offsets.
+
+A partition is read "to the end" when its end-of-partition event arrives (or a record at the end
+offset it had is read): a transaction's commit marker takes the last offset and is never delivered.
+Broker calls retry transient errors (a leader moving) with backoff, within ``timeout``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from consumer.errors import EventmailError
 from consumer.kafka.readers import unused_group_error
+from consumer.kafka_retry import BrokerCalls
 
 
 class TopicReadError(EventmailError, ConnectionError):
@@ -28,8 +33,10 @@ def read_since(
     follow: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
     timeout: float = 30.0,
+    calls: BrokerCalls | None = None,
 ) -> Iterator[Message]:
     """Records of ``topic`` from ``since_ms`` (None: the beginning), partition order preserved."""
+    calls = calls or BrokerCalls(give_up_after=timeout)
     reader = Consumer(
         {
             **config,
@@ -41,7 +48,9 @@ def read_since(
     )
     try:
         try:
-            metadata = reader.list_topics(topic, timeout=timeout).topics.get(topic)
+            metadata = calls.call("metadata", lambda: reader.list_topics(topic, timeout=timeout)).topics.get(
+                topic
+            )
         except KafkaException as exc:
             raise TopicReadError(f"cannot reach Kafka to read {topic}: {exc}") from None
         if metadata is None or metadata.error is not None or not metadata.partitions:
@@ -49,13 +58,23 @@ def read_since(
         partitions = sorted(metadata.partitions)
         ends: dict[int, int] = {}
         starts: dict[int, int] = {}
-        for p in partitions:
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            ends[p], starts[p] = high, low
-        if since_ms is not None:
-            found = reader.offsets_for_times(
-                [TopicPartition(topic, p, since_ms) for p in partitions], timeout=timeout
+        try:
+            for p in partitions:
+                low, high = calls.watermarks(reader, topic, p, timeout)
+                ends[p], starts[p] = high, low
+            found = (
+                calls.call(
+                    "offsets by time",
+                    lambda: reader.offsets_for_times(
+                        [TopicPartition(topic, p, since_ms) for p in partitions], timeout=timeout
+                    ),
+                )
+                if since_ms is not None
+                else []
             )
+        except KafkaException as exc:
+            raise TopicReadError(f"cannot read the offsets of {topic}: {exc}") from None
+        if since_ms is not None:
             for tp in found:
                 starts[tp.partition] = tp.offset if tp.offset >= 0 else ends[tp.partition]
         reader.assign([TopicPartition(topic, p, starts[p]) for p in partitions])
@@ -72,6 +91,8 @@ def read_since(
                         continue
                     if unused_group_error(error):
                         continue  # the throwaway group.id is never used: no group ACL needed
+                    if error.retriable() and not error.fatal():
+                        continue  # librdkafka reconnects and fetches again by itself
                     raise TopicReadError(f"reading {topic}: {error.str()}")
                 offset = msg.offset()
                 if partition is not None and offset is not None and offset >= ends[partition] - 1:

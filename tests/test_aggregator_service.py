@@ -6,7 +6,6 @@ Outcomes carry synthetic ``created`` values (event time), so frequency periods p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,20 +13,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from consumer.aggregator import service
 from consumer.aggregator.config import StaticWarnings, WarningConfig
-from consumer.aggregator.runner import mailer_for
-from consumer.aggregator.service import Aggregator
+from consumer.aggregator.runner import ALERT_SEND_ROUNDS, mailer_for
+from consumer.aggregator.service import Aggregator, aggregator_group
 from consumer.aggregator.thresholds import Thresholds
 from consumer.aggregator.windows import Timeframe
-from consumer.devtools.process import free_port
 from consumer.observability.metrics import ALERT_SEND_FAILURES, BILLABLE_EVENTS
 from consumer.outcomes.codec import decode_alert, encode_outcome
-from consumer.outcomes.model import Alert, AlertKind, Outcome, OutcomeStatus
+from consumer.outcomes.model import Alert, AlertKind, Outcome, OutcomeStatus, SourcePosition
 from consumer.settings import Settings
-from tests.support.kafka import TopicFactory, consume_all, produce, unique_name
-from tests.support.smtp import SMTPTestServer
+from tests.support.kafka import LocalBroker, TopicFactory, consume_all, produce, unique_name
+from tests.support.smtp import SMTPServerFactory, SMTPTestServer
 
 FAILED, SENT = OutcomeStatus.FAILED, OutcomeStatus.SENT
 
@@ -85,8 +84,10 @@ class Replica:
     task: asyncio.Task[None]
 
     async def close(self) -> None:
+        """Stop the replica; a crash of ``Aggregator.run`` (or a fatal error it stopped on) is raised."""
         self.stop.set()
         await asyncio.wait_for(self.task, 60)
+        assert self.aggregator.fatal is None, f"the replica stopped on a fatal error: {self.aggregator.fatal}"
 
 
 @dataclass
@@ -182,9 +183,15 @@ async def harness(
     try:
         yield h
     finally:
+        # Every replica is stopped; then the first crash or fatal error among them fails the test.
+        errors: list[BaseException] = []
         for replica in h.replicas:
-            with contextlib.suppress(Exception):
+            try:
                 await replica.close()
+            except BaseException as exc:  # collected, raised below
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 RECIPIENTS = ["ops@example.com", "lead@example.com", "owner@example.com"]
@@ -317,8 +324,15 @@ async def test_two_replicas_alert_once_per_rule(harness: Harness, smtp: tuple[SM
         harness.provider.configs[rule] = warn_config(rule, count=2)
     one = await harness.start()
     two = await harness.start()
+    # A cooperative-sticky member is ready with an empty assignment: wait until both own partitions.
     await wait_for(
-        lambda: len(one.aggregator.parts) + len(two.aggregator.parts) == 3 and one.aggregator.ready,
+        lambda: (
+            len(one.aggregator.parts) + len(two.aggregator.parts) == 3
+            and bool(one.aggregator.parts)
+            and bool(two.aggregator.parts)
+            and one.aggregator.ready
+            and two.aggregator.ready
+        ),
         "the partitions to be shared",
     )
     t0 = base_time()
@@ -331,8 +345,15 @@ async def test_two_replicas_alert_once_per_rule(harness: Harness, smtp: tuple[SM
     assert {a.warnings for a in alerts} == {3}
 
 
-async def test_a_failing_alert_connection_is_retried_counted_and_recorded(harness: Harness) -> None:
-    harness.smtp_port = free_port()  # nothing listens there
+async def test_a_failing_alert_connection_is_retried_counted_and_recorded(
+    harness: Harness, smtp_server_factory: SMTPServerFactory
+) -> None:
+    # Every MAIL FROM is answered 421: each round of sending (ALERT_SEND_ROUNDS) makes the transport's
+    # first try and its in-place retries, and each try is one SMTP transaction at the server.
+    busy = smtp_server_factory("flaky", fail_code=421, fail_stage="mail", fail_times=None)
+    harness.smtp_port = busy.port
+    # The circuit breaker would refuse the last tries without connecting: keep it out of the count.
+    harness.extra["smtp"] = {"in_place_retries": 1, "retry_base_seconds": 0.05, "circuit_failures": 100}
     harness.provider.configs["r-down"] = warn_config("r-down", count=0)
     before = ALERT_SEND_FAILURES._value.get()
     replica = await harness.start()
@@ -341,6 +362,9 @@ async def test_a_failing_alert_connection_is_retried_counted_and_recorded(harnes
     (alert,) = harness.alert_records()
     assert alert.email_sent is False
     assert alert.recipients == []
+    tries_per_round = harness.settings().smtp.in_place_retries + 1
+    assert busy.attempts == ALERT_SEND_ROUNDS * tries_per_round
+    assert busy.messages == []
     assert ALERT_SEND_FAILURES._value.get() == before + 1
     assert not replica.task.done()  # the service goes on
     harness.produce([record("r-other", SENT, base_time())])
@@ -374,3 +398,194 @@ async def test_a_rebalance_hands_rules_over_without_repeating_alerts(
     await harness.settled()
     assert len(recorder.messages) == len(rules)
     assert sorted(a.rule_id for a in harness.alert_records()) == rules
+
+
+# --- transient broker errors, the end of a partition, event time ----------------------------------
+
+
+def flaky_watermarks(failures: int) -> type[Consumer]:
+    """A real consumer whose first ``failures`` watermark reads fail as while a leader moves."""
+
+    class FlakyConsumer(Consumer):
+        remaining = failures
+        attempts = 0
+
+        def get_watermark_offsets(self, *args: Any, **kwargs: Any) -> Any:
+            cls = type(self)
+            cls.attempts += 1
+            if cls.remaining > 0:
+                cls.remaining -= 1
+                raise KafkaException(
+                    KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, "injected: leader moved")
+                )
+            return super().get_watermark_offsets(*args, **kwargs)
+
+    return FlakyConsumer
+
+
+async def test_a_leader_moving_during_assignment_is_retried(
+    harness: Harness, smtp: tuple[SMTPTestServer, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = flaky_watermarks(failures=3)
+    monkeypatch.setattr(service, "Consumer", flaky)  # the outcome consumer, and only it
+    harness.provider.configs["r-pct"] = warn_config("r-pct", percent=20, timeframe=Timeframe.M5)
+    replica = await harness.start()  # ready: the assign callback retried instead of giving up
+    assert flaky.attempts == 3 + 3  # three refusals, then one read per partition
+    assert replica.aggregator.fatal is None
+    t0 = base_time()
+    harness.produce([record("r-pct", FAILED, t0 + timedelta(seconds=i)) for i in range(2)])
+    await wait_for(lambda: len(smtp[0].messages) == 1, "the alert")
+
+
+async def test_a_replica_stuck_on_the_brokers_is_unhealthy_then_recovers(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = flaky_watermarks(failures=10**9)
+    monkeypatch.setattr(service, "Consumer", flaky)
+    settings = harness.settings()
+    aggregator = Aggregator(settings, harness.provider, mailer_for(settings))
+    stop = asyncio.Event()
+    harness.replicas.append(Replica(aggregator, stop, asyncio.create_task(aggregator.run(stop))))
+    await wait_for(lambda: flaky.attempts >= 3, "the watermark reads to be retried")
+    await wait_for(lambda: not aggregator.healthy(stale_after=0.5)[0], "the replica to report it is stuck")
+    ok, details = aggregator.healthy(stale_after=0.5)
+    assert not ok
+    retrying = details["retrying"]
+    assert isinstance(retrying, dict)
+    assert retrying["call"] == "watermark offsets"
+    assert "NOT_LEADER_FOR_PARTITION" in str(retrying["error"])
+    assert not aggregator.ready
+    assert aggregator.fatal is None
+    flaky.remaining = 0  # the leader is back
+    await wait_for(lambda: aggregator.ready, "the replica to be ready")
+    ok, details = aggregator.healthy(stale_after=5.0)
+    assert ok, details
+
+
+def produce_in_transaction(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """Records written in one committed transaction: its commit marker takes the last offset."""
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": unique_name("tx")})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for key, value in records:
+        producer.produce(topic, key=key, value=value, partition=0)
+    producer.commit_transaction(30)
+
+
+async def test_a_transaction_marker_at_the_end_does_not_keep_a_replica_rebuilding(
+    harness: Harness, smtp: tuple[SMTPTestServer, int]
+) -> None:
+    harness.provider.configs["r-tx"] = warn_config("r-tx", count=0)
+    produce_in_transaction(harness.bootstrap, harness.outcomes, [record("r-tx", FAILED, base_time())])
+    # The coordinator writes the marker after the commit returns; read_committed ends say when it is.
+    await wait_for(lambda: high_watermarks(harness.bootstrap, harness.outcomes)[0] == 2, "the commit marker")
+    replica = await harness.start()
+    assert replica.aggregator.parts[0].position == 1
+    await wait_for(lambda: len(smtp[0].messages) == 1, "the alert of the replayed outcome")
+
+
+async def test_the_brokers_away_at_start_are_waited_for(
+    harness: Harness, smtp: tuple[SMTPTestServer, int], local_broker: LocalBroker
+) -> None:
+    harness.provider.configs["r-back"] = warn_config("r-back", count=0)
+    settings = harness.settings()
+    local_broker.stop()
+    try:
+        aggregator = Aggregator(settings, harness.provider, mailer_for(settings))
+        aggregator.log.timeout = 2.0  # each metadata request gives up fast, and is retried
+        stop = asyncio.Event()
+        harness.replicas.append(Replica(aggregator, stop, asyncio.create_task(aggregator.run(stop))))
+        await wait_for(lambda: aggregator.calls.retries >= 2, "the alerts read-back to be retried")
+        assert not harness.replicas[-1].task.done()
+    finally:
+        local_broker.start()
+    await wait_for(lambda: aggregator.ready, "the replica to be ready once the broker is back", timeout=90)
+    harness.produce([record("r-back", FAILED, base_time())])
+    await wait_for(lambda: len(smtp[0].messages) == 1, "the alert")
+
+
+async def test_an_outcome_from_the_future_does_not_blind_the_partition(
+    harness: Harness, smtp: tuple[SMTPTestServer, int]
+) -> None:
+    harness.provider.configs["r-clock"] = warn_config("r-clock", count=10, frequency=600)
+    replica = await harness.start()
+    now = datetime.now(UTC).replace(microsecond=0)
+    harness.produce([record("r-clock", SENT, now + timedelta(days=1))])  # a sender's clock a day ahead
+    harness.produce(
+        [record("r-clock", FAILED, now - timedelta(minutes=5) + timedelta(seconds=i)) for i in range(50)]
+    )
+    await harness.settled()
+    (alert,) = harness.alert_records()
+    assert (alert.events, alert.warnings) == (12, 11)  # the future outcome counts, at its record's time
+    (run,) = [r for r in replica.aggregator.parts.values() if r.state.rules]
+    assert run.state.dropped == 0
+    assert run.state.clock_ms is not None
+    assert run.state.clock_ms <= (now + timedelta(minutes=5)).timestamp() * 1000
+
+
+def config_error(rule: str, at: datetime, rules_offset: int) -> tuple[bytes, bytes]:
+    outcome = Outcome(
+        created=at,
+        rule_id=rule,
+        status=OutcomeStatus.CONFIG_ERROR,
+        error="template: unknown placeholder",
+        source=SourcePosition(topic="eventmail.rules", partition=0, offset=rules_offset),
+        warnings_enabled=True,
+    )
+    return rule.encode(), encode_outcome(outcome)
+
+
+async def test_an_invalid_rule_record_reported_by_every_replica_counts_once(
+    harness: Harness, smtp: tuple[SMTPTestServer, int]
+) -> None:
+    harness.provider.configs["r-bad"] = warn_config("r-bad", count=1)
+    await harness.start()
+    t0 = base_time()
+    # Three `run` replicas (or three restarts) report the same invalid record at offset 7.
+    harness.produce([config_error("r-bad", t0 + timedelta(seconds=i), rules_offset=7) for i in range(3)])
+    await harness.settled()
+    assert smtp[0].messages == []  # one warning, not over the limit of 1
+    harness.produce([config_error("r-bad", t0 + timedelta(seconds=5), rules_offset=9)])  # a new bad record
+    await wait_for(lambda: len(smtp[0].messages) == 1, "the alert")
+    await harness.settled()
+    (alert,) = harness.alert_records()
+    assert alert.warnings == 2
+
+
+def produce_at(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, datetime]]) -> None:
+    """Records with the given record timestamps (as written hours ago), all to partition 0."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for key, value, at in records:
+        producer.produce(topic, key=key, value=value, partition=0, timestamp=int(at.timestamp() * 1000))
+    assert producer.flush(30) == 0
+
+
+async def test_breaches_during_a_downtime_longer_than_the_largest_timeframe_are_decided(
+    harness: Harness, smtp: tuple[SMTPTestServer, int]
+) -> None:
+    harness.provider.configs["r-away"] = warn_config("r-away", count=3, timeframe=Timeframe.M5)
+    t0 = (datetime.now(UTC) - timedelta(hours=8)).replace(second=0, microsecond=0)
+    first = record("r-away", SENT, t0 - timedelta(minutes=30))
+    breach = [record("r-away", FAILED, t0 + timedelta(seconds=20 * i)) for i in range(24)]  # 8 minutes
+    produce_at(
+        harness.bootstrap,
+        harness.outcomes,
+        [
+            (*first, t0 - timedelta(minutes=30)),
+            *((k, v, t0 + timedelta(seconds=20 * i)) for i, (k, v) in enumerate(breach)),
+        ],
+    )
+    # The replica that owned the partition had handled the first outcome, then was away for 8 hours.
+    committer = Consumer(
+        {"bootstrap.servers": harness.bootstrap, "group.id": aggregator_group(harness.settings())}
+    )
+    try:
+        committer.commit(offsets=[TopicPartition(harness.outcomes, 0, 1)], asynchronous=False)
+    finally:
+        committer.close()
+    await harness.start()
+    await wait_for(lambda: len(smtp[0].messages) == 1, "the alert of the downtime's breach")
+    await harness.settled()
+    (alert,) = harness.alert_records()
+    assert alert.kind is AlertKind.FIRED
+    assert t0 + timedelta(minutes=5) <= alert.created <= t0 + timedelta(minutes=8)

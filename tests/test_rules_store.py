@@ -39,9 +39,12 @@ def rule(rule_id: str, **overrides: Any) -> Rule:
     return validate_rule(rule_doc(id=rule_id, **overrides), CONTEXT)
 
 
-def eventually(condition: Callable[[], bool]) -> None:
-    """Poll until the condition holds (a hang is caught by the suite's per-test timeout)."""
+def eventually(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll until the condition holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.02)
 
 
@@ -72,20 +75,20 @@ def test_apply_update_and_delete_reach_a_running_store(
     assert len(store.index) == 0
 
     publish_rules(settings, [rule("r-1")])
-    eventually(lambda: "r-1" in store.index)
+    eventually(lambda: "r-1" in store.index, '"r-1" to be loaded')
     first = store.index.get("r-1")
     assert first is not None
     assert [r.rule_id for r in store.index.match(make_event())] == ["r-1"]
 
     publish_rules(settings, [rule("r-1", name="renamed", filters={"publishers": {"exclude": ["pub-1"]}})])
-    eventually(lambda: (store.index.lookup("r-1") or first).name == "renamed")
+    eventually(lambda: (store.index.lookup("r-1") or first).name == "renamed", "the rename to be applied")
     second = store.index.get("r-1")
     assert second is not None
     assert second.version != first.version
     assert store.index.match(make_event(publisher_id="pub-1")) == []
 
     publish_tombstones(settings, ["r-1"])
-    eventually(lambda: "r-1" not in store.index)
+    eventually(lambda: "r-1" not in store.index, '"r-1" to be deleted')
     assert store.index.match(make_event(publisher_id="pub-2")) == []
     assert store.errors == {}
 
@@ -100,14 +103,14 @@ def test_an_invalid_record_is_reported_and_the_last_valid_version_stays(
     stores.append(store.start())
     publish_rules(settings, [rule("r-1")])
     assert store.wait_ready(60)
-    eventually(lambda: "r-1" in store.index)
+    eventually(lambda: "r-1" in store.index, '"r-1" to be loaded')
     good = store.index.get("r-1")
     before = rule_errors()
 
     bad = json.loads(encode_rule(rule("r-1")))
     bad["triggers"] = ["amd"]  # not an LMS trigger
     produce(kafka_bootstrap, topic, [(b"r-1", json.dumps(bad).encode())])
-    eventually(lambda: len(errors) == 1)
+    eventually(lambda: len(errors) == 1, "one error report")
 
     rule_id, message, source_topic, partition, offset = errors[0]
     assert (rule_id, source_topic, partition, offset) == ("r-1", topic, 0, 1)
@@ -117,7 +120,7 @@ def test_an_invalid_record_is_reported_and_the_last_valid_version_stays(
     assert store.errors["r-1"].offset == 1
 
     produce(kafka_bootstrap, topic, [(b"r-1", b"{not json"), (b"r-2", encode_rule(rule("r-2", name="x")))])
-    eventually(lambda: "r-2" in store.index)
+    eventually(lambda: "r-2" in store.index, '"r-2" to be loaded')
     assert len(errors) == 2
     assert "not UTF-8 JSON" in errors[1][1]
     assert store.index.get("r-1") == good
@@ -167,7 +170,9 @@ def test_two_stores_agree(kafka_bootstrap: str, topic_factory: TopicFactory, sto
     def names(store: RuleStore) -> dict[str, str | None]:
         return {rule_id: r.name for rule_id, r in store.index.rules.items()}
 
-    eventually(lambda: names(first) == expected and names(second) == expected)
+    eventually(
+        lambda: names(first) == expected and names(second) == expected, "both stores to hold the same rules"
+    )
     assert {r: c.version for r, c in first.index.rules.items()} == {
         r: c.version for r, c in second.index.rules.items()
     }
@@ -181,7 +186,7 @@ def test_a_missing_topic_is_not_ready_and_says_why(
         RuleStore(settings).load(timeout=10)
     store = RuleStore(settings)
     stores.append(store.start())
-    eventually(lambda: store.failure is not None)
+    eventually(lambda: store.failure is not None, "the store to report a failure")
     assert not store.ready
     assert "does not exist" in (store.failure or "")
 

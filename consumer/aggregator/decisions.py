@@ -3,6 +3,9 @@
 An aggregator replica reads it on start and again whenever it is assigned outcome partitions, so a
 restarted replica, or the new owner of a rule, neither repeats an alert inside the frequency period
 nor forgets that one is active. Read-only: it never writes or commits.
+
+Broker calls retry transient errors (:mod:`consumer.kafka_retry`), and a partition counts as read
+once its end-of-partition event arrives, so a transaction marker at the end is no wait.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from consumer.aggregator.records import to_ms
 from consumer.aggregator.thresholds import AlertState
 from consumer.errors import CodecError
+from consumer.kafka_retry import BrokerCalls
 from consumer.outcomes.codec import decode_alert
 from consumer.outcomes.model import Alert, AlertKind
 from consumer.topic_reader import TopicReadError
@@ -28,9 +32,12 @@ log = logging.getLogger(__name__)
 class DecisionLog:
     """Earlier alert decisions per rule, kept up to date by :meth:`refresh`."""
 
-    def __init__(self, config: dict[str, Any], topic: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, config: dict[str, Any], topic: str, timeout: float = 30.0, calls: BrokerCalls | None = None
+    ) -> None:
         self.topic = topic
         self.timeout = timeout
+        self.calls = calls or BrokerCalls()
         self._consumer = Consumer(
             {
                 **config,
@@ -62,8 +69,11 @@ class DecisionLog:
 
     def refresh(self) -> int:
         """Read every partition from where the last refresh stopped to its current end."""
+        consumer = self._consumer
         try:
-            metadata = self._consumer.list_topics(self.topic, timeout=self.timeout).topics.get(self.topic)
+            metadata = self.calls.call(
+                "alerts topic metadata", lambda: consumer.list_topics(self.topic, timeout=self.timeout)
+            ).topics.get(self.topic)
         except KafkaException as exc:
             raise TopicReadError(f"cannot reach Kafka to read {self.topic}: {exc}") from None
         if metadata is None or metadata.error is not None or not metadata.partitions:
@@ -71,9 +81,7 @@ class DecisionLog:
         todo: dict[int, int] = {}
         starts: dict[int, int] = {}
         for p in sorted(metadata.partitions):
-            low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, p), timeout=self.timeout
-            )
+            low, high = self.calls.watermarks(consumer, self.topic, p, self.timeout)
             start = max(self._positions.get(p, low), low)
             self._positions[p] = start
             if start < high:
@@ -88,9 +96,15 @@ class DecisionLog:
                 for msg in self._consumer.consume(num_messages=500, timeout=0.2):
                     error = msg.error()
                     if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            todo.pop(msg.partition() or 0, None)
+                            end = msg.offset()
+                            if end is not None and end >= 0:
+                                self._positions[msg.partition() or 0] = end
+                        elif error.fatal() or not error.retriable():
                             raise TopicReadError(f"reading {self.topic}: {error.str()}")
-                        todo.pop(msg.partition() or 0, None)
+                        else:
+                            log.warning("reading the alerts topic", extra={"kafka_error": error.str()})
                         continue
                     partition, offset = msg.partition() or 0, msg.offset() or 0
                     self._positions[partition] = offset + 1

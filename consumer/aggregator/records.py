@@ -29,18 +29,26 @@ def _outcome_schema() -> Any:
     return fastavro.parse_schema(raw)
 
 
-def decode_observation(value: bytes | None) -> Observation:
+def decode_observation(value: bytes | None, max_created_ms: int | None = None) -> Observation:
+    """The observation of an outcome record; ``created`` capped at ``max_created_ms`` when given (an
+    outcome cannot have been created after its record was written, give or take clock skew)."""
     if not value:
         raise CodecError("empty outcome record")
     record = decode_schemaless(value, _outcome_schema())
     try:
+        created = int(record["created"])
+        status = record["status"]
+        source = record.get("source") if status == "config_error" else None
         return Observation(
             rule_id=record["rule_id"],
-            created_ms=int(record["created"]),
-            status=record["status"],
+            created_ms=created if max_created_ms is None else min(created, max_created_ms),
+            status=status,
             error=record.get("error"),
             smtp_code=record.get("smtp_code"),
             warnings_enabled=bool(record.get("warnings_enabled", False)),
+            source=None
+            if not source
+            else (str(source["topic"]), int(source["partition"]), int(source["offset"])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CodecError(f"not an outcome: {exc}") from None

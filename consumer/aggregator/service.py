@@ -8,7 +8,19 @@ partition alone decides that rule's alerts. On assignment of a partition the rep
 2. starts the partition at ``offsets_for_times(now - 6h)`` (the largest timeframe), or at the group's
    committed offset when that is older, and replays to the current end: windows are rebuilt, and
    decisions at event times an earlier owner already covered are not taken again;
-3. is *ready* for that partition once it has read up to the end the partition had at assignment.
+3. is *ready* for that partition once it has read up to the end the partition had at assignment,
+   judged by the consumer's end-of-partition event (a transaction's commit marker takes an offset
+   but is never delivered, so "the last record's offset + 1 == high watermark" may never hold).
+
+The broker calls of the assign callback (committed offsets, offsets by time, watermarks, the alerts
+read-back) retry transient errors (a leader moving during a rolling restart) with backoff
+(:mod:`consumer.kafka_retry`); nothing raises out of a callback. While a call is being retried, or a
+partition rebuilds without progress, :meth:`Aggregator.healthy` says so and fails after
+``stale_after`` seconds, so a stuck replica is restarted instead of hanging silently.
+
+Event time is bounded: an outcome's ``created`` counts as at most :data:`MAX_AHEAD_MS` past the
+record's own timestamp (when it was written), so one record with a wrong clock cannot move a
+partition's clock ahead and drop every later outcome as too old.
 
 No local disk is used. Offsets are committed (never past a record whose alert is still being sent)
 so a downtime longer than the largest timeframe still misses nothing, and so billable events are
@@ -24,12 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from consumer.aggregator.config import WarningsProvider
 from consumer.aggregator.decisions import DecisionLog
@@ -38,6 +51,7 @@ from consumer.aggregator.records import decode_observation
 from consumer.aggregator.state import AlertDecision, PartitionState
 from consumer.aggregator.windows import LARGEST_TIMEFRAME
 from consumer.errors import CodecError
+from consumer.kafka_retry import BrokerCalls, RetryStopped
 from consumer.observability.metrics import (
     AGGREGATOR_LAG_SECONDS,
     ALERTS_FIRED,
@@ -53,6 +67,9 @@ from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: How far an outcome's ``created`` may be ahead of its record's timestamp before it is capped.
+MAX_AHEAD_MS = 60_000
+
 
 def aggregator_group(settings: Settings) -> str:
     """The aggregator's consumer group: its own, so ``run`` rebalances never move its partitions."""
@@ -66,10 +83,12 @@ class PartitionRun:
     rebuild_until: int  # the partition's end when it was assigned
     bill_from: int  # records from here on were not counted by an earlier owner
     pending: dict[asyncio.Task[None], int] = field(default_factory=dict)  # alert task -> record offset
+    at_end: bool = False  # an end-of-partition event arrived: everything readable was read
+    progress_at: float = field(default_factory=time.monotonic)  # when position last moved
 
     @property
     def rebuilt(self) -> bool:
-        return self.position >= self.rebuild_until
+        return self.at_end or self.position >= self.rebuild_until
 
     def committable(self) -> int:
         """The offset to commit: never past a record whose alert is still in flight."""
@@ -95,7 +114,9 @@ class Aggregator:
         self.wall_clock = wall_clock
         self.commit_interval = commit_interval or settings.pipeline.commit_interval_seconds
         self.drain_timeout = settings.pipeline.drain_timeout_seconds
-        self.log = DecisionLog(settings.kafka_config(), settings.topics.alerts)
+        self.stopping = threading.Event()  # set when run() is asked to stop: ends broker retries
+        self.calls = BrokerCalls(stop=self.stopping)
+        self.log = DecisionLog(settings.kafka_config(), settings.topics.alerts, calls=self.calls)
         self.consumer = Consumer(
             settings.kafka_config(
                 **{
@@ -104,6 +125,7 @@ class Aggregator:
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
                     "isolation.level": "read_committed",
+                    "enable.partition.eof": True,
                     "session.timeout.ms": 10000,
                     "heartbeat.interval.ms": 1000,
                     "error_cb": self._on_error,
@@ -139,8 +161,28 @@ class Aggregator:
         return self.ready and self.fatal is None, details
 
     def healthy(self, stale_after: float = 30.0) -> tuple[bool, dict[str, object]]:
-        loop_ok = time.monotonic() - self.last_loop < stale_after
-        return loop_ok and self.fatal is None, {"loop": loop_ok, "fatal": self.fatal}
+        """Alive and not stuck: the loop turns, no broker call has been retried for ``stale_after``
+        seconds, and no partition has been rebuilding that long without reading anything."""
+        now = time.monotonic()
+        loop_ok = now - self.last_loop < stale_after
+        details: dict[str, object] = {"loop": loop_ok, "fatal": self.fatal}
+        retrying = self.calls.retrying
+        stuck = retrying is not None and now - retrying.since >= stale_after
+        if retrying is not None:
+            details["retrying"] = {
+                "call": retrying.what,
+                "error": retrying.error,
+                "attempts": retrying.attempts,
+                "seconds": round(now - retrying.since, 1),
+            }
+        stalled = sorted(
+            p
+            for p, run in list(self.parts.items())
+            if not run.rebuilt and now - run.progress_at >= stale_after
+        )
+        if stalled:
+            details["rebuild_stalled"] = stalled
+        return loop_ok and not stuck and not stalled and self.fatal is None, details
 
     # --- librdkafka callbacks (inside consume, on the worker thread) ---------------------------------------
     def _on_error(self, error: KafkaError) -> None:
@@ -151,14 +193,25 @@ class Aggregator:
             log.warning("kafka error", extra={"kafka_error": error.str()})
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Never raises (an exception here would be lost inside librdkafka and leave the replica
+        unready for good): transient broker errors are retried, anything else is fatal and said."""
+        starts: list[TopicPartition] = []
         try:
             self.log.refresh()
-            starts = self._start_positions(consumer, partitions) if partitions else []
+            if partitions:
+                runs, starts = self._start_positions(consumer, partitions)
+                self.parts.update(runs)
+        except RetryStopped:
+            log.info("stopping while partitions were being assigned")
         except Exception as exc:
-            self.fatal = f"cannot rebuild state: {exc}"
+            self.fatal = f"cannot rebuild state of {self.topic}: {type(exc).__name__}: {exc}"
             log.exception("cannot rebuild state on assignment")
-            starts = []
-        consumer.incremental_assign(starts)
+        try:
+            consumer.incremental_assign(starts)
+        except Exception as exc:
+            self.fatal = f"cannot assign partitions of {self.topic}: {exc}"
+            log.exception("cannot assign partitions")
+            return
         self.assignment_received = True
         if starts:
             log.info(
@@ -166,38 +219,58 @@ class Aggregator:
                 extra={"partitions": {tp.partition: tp.offset for tp in starts}},
             )
 
-    def _start_positions(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+    def _start_positions(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> tuple[dict[int, PartitionRun], list[TopicPartition]]:
+        """Where each partition starts, and its run (see the module docstring). Broker calls retry."""
         since_ms = int((self.wall_clock() - LARGEST_TIMEFRAME.seconds) * 1000)
-        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
-        by_time = consumer.offsets_for_times(
-            [TopicPartition(self.topic, tp.partition, since_ms) for tp in partitions], timeout=30
+        asked = [TopicPartition(self.topic, tp.partition) for tp in partitions]
+        committed = {
+            tp.partition: tp.offset
+            for tp in self.calls.call("committed offsets", lambda: consumer.committed(asked, timeout=30))
+        }
+        by_time = self.calls.call(
+            "offsets by time",
+            lambda: consumer.offsets_for_times(
+                [TopicPartition(self.topic, tp.partition, since_ms) for tp in partitions], timeout=30
+            ),
         )
         found = {tp.partition: tp.offset for tp in by_time}
+        runs: dict[int, PartitionRun] = {}
         out: list[TopicPartition] = []
         for tp in partitions:
             p = tp.partition
-            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=30)
+            low, high = self.calls.watermarks(consumer, self.topic, p, 30)
             start = found.get(p, -1)
             start = high if start < 0 else start
             done = committed.get(p, -1)
-            if 0 <= done < start:
+            from_committed = 0 <= done < start
+            if from_committed:
                 start = done
             start = max(start, low)
+            # Windows that start before the data read lack outcomes: no decisions on them. After a
+            # downtime longer than the largest timeframe the partition is read from its committed
+            # offset, and windows are complete from the first outcome read on (not from now - 6 h:
+            # the breaches of the downtime are decided, late, instead of never).
             state = PartitionState(
                 self.provider,
                 earlier=self.log.state_for,
-                complete_from_ms=None if start <= low else since_ms,
+                complete_from_ms=None if start <= low or from_committed else since_ms,
+                complete_from_first=start > low and from_committed,
             )
-            self.parts[p] = PartitionRun(
+            runs[p] = PartitionRun(
                 state, position=start, rebuild_until=high, bill_from=done if done >= 0 else high
             )
             out.append(TopicPartition(self.topic, p, start))
-        return out
+        return runs, out
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {tp.partition for tp in partitions}
-        self._settle_from_thread(keys)
-        self._commit(keys, consumer)
+        try:
+            self._settle_from_thread(keys)
+            self._commit(keys, consumer, give_up_after=self.drain_timeout)
+        except Exception:  # never out of a callback: the next owner replays from the last commit
+            log.exception("handing partitions over failed", extra={"partitions": sorted(keys)})
         for p in keys:
             self.parts.pop(p, None)
         if keys:
@@ -220,8 +293,10 @@ class Aggregator:
                 "alerts still in flight when partitions were revoked", extra={"partitions": sorted(keys)}
             )
 
-    def _commit(self, keys: set[int] | None, consumer: Consumer | None = None) -> None:
-        consumer = consumer or self.consumer
+    def _commit(
+        self, keys: set[int] | None, consumer: Consumer | None = None, give_up_after: float = 5.0
+    ) -> None:
+        client = consumer or self.consumer
         offsets = [
             TopicPartition(self.topic, p, run.committable())
             for p, run in list(self.parts.items())
@@ -230,14 +305,30 @@ class Aggregator:
         if not offsets:
             return
         try:
-            consumer.commit(offsets=offsets, asynchronous=False)
+            self.calls.call(
+                "commit", lambda: client.commit(offsets=offsets, asynchronous=False), give_up_after
+            )
         except Exception as exc:
             log.warning("commit failed; will retry", extra={"error": str(exc)})
 
     # --- the loop --------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self.log.refresh)
+        watcher = asyncio.create_task(self._watch_stop(stop))
+        try:
+            await self._run(stop)
+        finally:
+            watcher.cancel()
+
+    async def _watch_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.stopping.set()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        try:
+            await asyncio.to_thread(self.log.refresh)
+        except RetryStopped:
+            return
         self.consumer.subscribe(
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -271,7 +362,9 @@ class Aggregator:
             if error is not None:
                 if error.fatal():
                     self.fatal = f"fatal consumer error: {error.str()}"
-                elif error.code() != KafkaError._PARTITION_EOF:
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    self._reached_end(msg)
+                else:
                     KAFKA_ERRORS.labels(code=error.name()).inc()
                     log.warning("consume error", extra={"kafka_error": error.str()})
                 continue
@@ -280,8 +373,9 @@ class Aggregator:
             if run is None or offset < run.position:
                 continue
             run.position = offset + 1
+            run.progress_at = time.monotonic()
             try:
-                obs = decode_observation(msg.value())
+                obs = decode_observation(msg.value(), max_created_ms=self._latest_plausible(msg))
             except CodecError as exc:
                 log.warning(
                     "skipping an undecodable outcome",
@@ -301,6 +395,29 @@ class Aggregator:
             BILLABLE_EVENTS.inc(billable)
         if newest:
             AGGREGATOR_LAG_SECONDS.set(max(0.0, self.wall_clock() - newest / 1000))
+
+    def _reached_end(self, msg: Message) -> None:
+        run = self.parts.get(msg.partition() or 0)
+        if run is None or run.at_end:
+            return
+        run.at_end = True
+        run.progress_at = time.monotonic()
+        if run.position < run.rebuild_until:
+            log.info(
+                "partition read to its end",
+                extra={
+                    "partition": msg.partition(),
+                    "position": run.position,
+                    "end_at_assign": run.rebuild_until,
+                },
+            )
+
+    def _latest_plausible(self, msg: Message) -> int:
+        """The latest event time an outcome of this record may claim (its timestamp, else now)."""
+        kind, ts = msg.timestamp()
+        if kind == TIMESTAMP_NOT_AVAILABLE or ts <= 0:
+            ts = int(self.wall_clock() * 1000)
+        return ts + MAX_AHEAD_MS
 
     def update_gauges(self) -> None:
         runs = list(self.parts.values())

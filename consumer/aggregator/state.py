@@ -1,8 +1,9 @@
 """The aggregator state of one outcome partition: a sliding window and an alert state per rule.
 
 :meth:`PartitionState.apply` takes one outcome (as an :class:`Observation`) and returns the alert
-decisions it causes. The partition's clock is the newest ``created`` seen on it (event time); when
-the clock moves, rules that are breached or alerting are evaluated again, so a reminder is due or a
+decisions it causes. The partition's clock is the newest ``created`` seen on it (event time, capped
+by the service at the record's timestamp so a wrong clock cannot blind the partition); when the
+clock moves, rules that are breached or alerting are evaluated again, so a reminder is due or a
 breach clears even when the rule itself has no new outcome.
 
 Pure: no Kafka, no mail, no wall clock. Rules come from a :class:`WarningsProvider`, earlier
@@ -38,6 +39,8 @@ class Observation:
     error: str | None = None
     smtp_code: int | None = None
     warnings_enabled: bool = False
+    #: For a ``config_error``: the rules-topic record reported (topic, partition, offset).
+    source: tuple[str, int, int] | None = None
 
     @property
     def is_event(self) -> bool:
@@ -121,14 +124,22 @@ class PartitionState:
     #: Windows starting before this time lack data (the partition was read from there): no decisions
     #: are taken on them. None: the partition was read from its beginning.
     complete_from_ms: int | None = None
+    #: Windows are complete from the first outcome applied (read from a committed offset).
+    complete_from_first: bool = False
     clock_ms: int | None = None
     rules: dict[str, RuleState] = field(default_factory=dict)
     alerts: dict[str, AlertState] = field(default_factory=dict)
     hot: set[str] = field(default_factory=set)
     dropped: int = 0
+    #: Invalid rule records already counted: each ``run`` replica reports every invalid record at
+    #: every start, and one bad record is one warning, not one per replica and restart.
+    config_errors: set[tuple[str, tuple[str, int, int]]] = field(default_factory=set)
+    repeated_config_errors: int = 0
 
     def apply(self, obs: Observation) -> list[AlertDecision]:
         decisions: list[AlertDecision] = []
+        if self.complete_from_first and self.complete_from_ms is None:
+            self.complete_from_ms = obs.created_ms
         previous = self.clock_ms
         if previous is None or obs.created_ms > previous:
             self.clock_ms = obs.created_ms
@@ -138,6 +149,12 @@ class PartitionState:
         if config is None:
             self._forget(obs.rule_id)
             return decisions
+        if obs.status == "config_error" and obs.source is not None:
+            key = (obs.rule_id, obs.source)
+            if key in self.config_errors:
+                self.repeated_config_errors += 1
+                return decisions
+            self.config_errors.add(key)
         state = self._rule(config)
         if not state.window.add(
             obs.created_ms,

@@ -15,6 +15,10 @@ that a later record of the same id supersedes is not reported.
 Known limit: compaction keeps only the newest record of a key, so once a bad record has been compacted
 over the last good one, a restarted store no longer has that rule (it reports the bad record again).
 
+Broker calls at start (metadata, watermarks) retry transient errors with backoff
+(:mod:`consumer.kafka_retry`); a partition counts as read to its end when its end-of-partition
+event arrives, so a transaction marker at the end of a partition is no wait.
+
 The store never writes to Kafka and never logs a rule document (it may carry a sealed password).
 """
 
@@ -32,6 +36,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.errors import RuleError
+from consumer.kafka_retry import BrokerCalls, RetryStopped
 from consumer.observability.metrics import RULE_ERRORS, RULES_LOADED
 from consumer.rules.checks import RuleContext
 from consumer.rules.codec import decode_rule
@@ -92,6 +97,7 @@ class RuleStore:
         self._thread: threading.Thread | None = None
         self._partitions: set[int] = set()
         self.failure: str | None = None
+        self.calls = BrokerCalls(give_up_after=30.0, stop=self._stop)
 
     # --- what owners use --------------------------------------------------------------------------------
     @property
@@ -155,6 +161,8 @@ class RuleStore:
                 if time.monotonic() - checked > _PARTITION_CHECK_SECONDS:
                     checked = time.monotonic()
                     self._follow_new_partitions(consumer)
+        except RetryStopped:
+            return  # closed while the brokers were being retried
         except Exception as exc:  # the service's readiness shows it; the loop must not die silently
             self.failure = f"rule store stopped: {type(exc).__name__}: {exc}"
             log.exception("rule store stopped", extra={"topic": self.topic})
@@ -163,7 +171,9 @@ class RuleStore:
 
     def _partitions_of(self, consumer: Consumer) -> list[int] | None:
         try:
-            metadata = consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+            metadata = self.calls.call(
+                "rules topic metadata", lambda: consumer.list_topics(self.topic, timeout=5)
+            ).topics.get(self.topic)
         except KafkaException as exc:
             self.failure = f"cannot read the metadata of {self.topic}: {exc}"
             return None
@@ -196,7 +206,7 @@ class RuleStore:
         ends: dict[int, int] = {}
         try:
             for partition in partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
+                low, high = self.calls.watermarks(consumer, self.topic, partition, 10)
                 if high > low:
                     ends[partition] = high
         except KafkaException as exc:
