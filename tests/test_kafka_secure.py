@@ -173,3 +173,27 @@ def test_a_missing_password_file_is_a_settings_error_naming_it() -> None:
     assert result.err.strip() == (
         "eventmail: EVENTMAIL_KAFKA__SASL_PASSWORD_FILE: Value error, no such file: /no/such/password"
     )
+
+
+def test_rules_apply_without_write_names_the_missing_permission(
+    secure: SecureDeployment, smtp_server_factory: SMTPServerFactory, tmp_path: Path
+) -> None:
+    secure.grant("run", "eventmail-run")
+    server = smtp_server_factory("plain")
+    secure.deployment.extra_env["EVENTMAIL_ESP_CONNECTIONS"] = json.dumps({"default": esp(server)})
+    rules = secure.topics["rules"]
+    started = time.monotonic()
+    as_run = secure.apply_rules(tmp_path, rule_doc("r-denied"), user="eventmail-run")
+    assert as_run.code != 0
+    assert as_run.err.strip().splitlines() == [
+        f"eventmail: User:eventmail-run lacks WRITE on topic {rules} "
+        "(rules apply/delete need the admin ACLs: eventmail acls admin)"
+    ]
+    # A principal that may not even see the topic is told so, not that the topic does not exist.
+    as_nobody = secure.apply_rules(tmp_path, rule_doc("r-denied"), user="eventmail-nobody")
+    assert as_nobody.code != 0
+    assert as_nobody.err.strip().splitlines() == [
+        f"eventmail: User:eventmail-nobody lacks WRITE on topic {rules} "
+        "(rules apply/delete need the admin ACLs: eventmail acls admin)"
+    ]
+    assert time.monotonic() - started < 30  # an answer, not a timeout

@@ -16,6 +16,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 
 from consumer.errors import RuleError
+from consumer.kafka.acls import Acl
+from consumer.kafka.permissions import missing_permissions
 from consumer.rules.codec import encode_rule
 from consumer.rules.model import Rule
 from consumer.settings import Settings
@@ -34,12 +36,21 @@ class Written:
 def check_topic(settings: Settings, timeout: float = 15.0) -> list[str]:
     """Raise :class:`RuleError` when the rules topic is missing; warnings about its configuration."""
     topic = settings.topics.rules
-    admin = AdminClient(settings.kafka_config())
+    config = settings.kafka_config()
+    admin = AdminClient(config)
     try:
         # All topics, not just this one: asking for one topic could auto-create it uncompacted.
         topics = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise RuleError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from None
+    # Asked of the broker (nothing written): a principal without WRITE, or one that may not even
+    # see the topic, is told which permission it lacks rather than that the topic does not exist.
+    try:
+        missing = missing_permissions(config, [Acl("topic", topic, "Write")], timeout)
+    except KafkaException:
+        missing = []  # an older broker that cannot say: the write itself will tell
+    if missing and not missing[0].startswith("the topic"):
+        raise RuleError(f"{missing[0]} (rules apply/delete need the admin ACLs: eventmail acls admin)")
     if topic not in topics:
         raise RuleError(
             f"the rules topic {topic} does not exist; create it with cleanup.policy=compact "
