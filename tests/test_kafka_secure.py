@@ -14,8 +14,10 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from consumer.kafka.acls import Acl, Component, acls_for, apply_acls
 from consumer.outcomes.codec import decode_outcome
 from consumer.outcomes.model import Outcome, OutcomeStatus
+from consumer.settings import load_settings
 from tests.clirun import CliResult, run_cli
 from tests.factories import make_event
 from tests.pipeline_support import esp, rule_doc
@@ -197,3 +199,52 @@ def test_rules_apply_without_write_names_the_missing_permission(
         "(rules apply/delete need the admin ACLs: eventmail acls admin)"
     ]
     assert time.monotonic() - started < 30  # an answer, not a timeout
+
+
+def test_run_without_write_on_outcomes_is_not_ready_and_sends_nothing_until_granted(
+    secure: SecureDeployment, smtp_server_factory: SMTPServerFactory, tmp_path: Path
+) -> None:
+    """It used to report ready, send the mail, fail to write the outcome, exit and send it again."""
+    secure.grant("admin", "eventmail-admin")
+    server = smtp_server_factory("plain")
+    secure.deployment.extra_env["EVENTMAIL_ESP_CONNECTIONS"] = json.dumps({"default": esp(server)})
+    assert secure.apply_rules(tmp_path, rule_doc("r-gate")).code == 0
+    settings = load_settings(
+        topics=secure.topics, group_id=secure.deployment.group_id, kafka={"bootstrap_servers": "x"}
+    )
+    needed = acls_for(Component.RUN, settings)
+    outcome_write = Acl("topic", secure.topics["outcomes"], "Write")
+    apply_acls(secure.admin_config, [a for a in needed if a != outcome_write], "User:eventmail-run")
+    secure.publish([make_event(lead_id="G1")])
+    service = ServiceProcess("run", secure.env("eventmail-run"), tmp_path, name="gated-run").start()
+    try:
+        reason = _wait_not_ready_with(service, "kafka_permissions_missing")
+        assert f"User:eventmail-run lacks WRITE on topic {secure.topics['outcomes']}" in reason
+        assert service.metric("eventmail_events_consumed_total") == 0
+        assert server.messages == []
+        apply_acls(secure.admin_config, [outcome_write], "User:eventmail-run")
+        service.wait_ready(timeout=60)
+        server.wait_for(1, timeout=60)
+        got = secure.outcomes(expected=1)
+        assert service.terminate() == 0
+    finally:
+        service.stop()
+    assert [o.status for o in got] == [OutcomeStatus.SENT]
+    assert len(server.messages) == 1
+    logged = [line for line in service.log_path.read_text().splitlines() if "permissions missing" in line]
+    assert len(logged) == 1  # said once, not at every check
+
+
+def _wait_not_ready_with(service: ServiceProcess, key: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    body = ""
+    while time.monotonic() < deadline:
+        service.check_alive()
+        try:
+            code, body = service.get("/readyz")
+        except OSError:
+            code = 0
+        if code == 503 and key in body:
+            return body
+        time.sleep(0.2)
+    raise TimeoutError(f"readiness never named {key}: {body}")

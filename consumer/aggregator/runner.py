@@ -19,6 +19,8 @@ from consumer.aggregator.notify import AlertMailer, RetryPolicy
 from consumer.aggregator.service import Aggregator, aggregator_group
 from consumer.aggregator.smtp import alert_sender
 from consumer.errors import EventmailError
+from consumer.kafka.acls import Component, acls_for
+from consumer.kafka.gate import PermissionGate
 from consumer.mail import is_transient
 from consumer.observability.http import HealthServer
 from consumer.observability.metrics import READY
@@ -64,6 +66,7 @@ async def run_aggregator(
     store = RuleStore(settings, context=RuleContext(stored=True)) if provider is None else None
     aggregator = Aggregator(settings, provider or rule_store_provider(store), mailer_for(settings))
     beat = {"loop": time.monotonic()}
+    gate = PermissionGate(settings.kafka_config(), acls_for(Component.AGGREGATE, settings), "aggregate")
 
     def healthy() -> tuple[bool, dict[str, object]]:
         ok, details = aggregator.healthy()
@@ -74,9 +77,9 @@ async def run_aggregator(
     def ready() -> tuple[bool, dict[str, object]]:
         ok, details = aggregator.readiness()
         rules = store is None or store.ready
-        ok = ok and rules
+        ok = ok and rules and gate.ok
         READY.labels(service=SERVICE).set(1 if ok else 0)
-        return ok, {"rules_loaded": rules, **details}
+        return ok, {"rules_loaded": rules, **gate.details(), **details}
 
     port = settings.http.port if settings.http.port is not None else DEFAULT_PORT
     http = HealthServer(settings.http.host, port, healthy, ready).start()
@@ -86,6 +89,9 @@ async def run_aggregator(
     )
     task: asyncio.Task[None] | None = None
     try:
+        # Nothing is read before the broker says every ACL of `aggregate` is held.
+        if not await gate.wait(stop):
+            return 0
         if store is not None:
             store.start()
             while not stop.is_set() and not await asyncio.to_thread(store.wait_ready, 0.2):

@@ -15,6 +15,8 @@ from typing import Any
 
 from consumer.events.codec import EventDecoder
 from consumer.events.registry import registry_lookup
+from consumer.kafka.acls import Component, acls_for
+from consumer.kafka.gate import PermissionGate
 from consumer.observability.http import HealthServer
 from consumer.pipeline.deliver import MailDeliverer
 from consumer.pipeline.handoff import RetryHandoff
@@ -68,6 +70,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
         max_uncommitted=settings.pipeline.max_uncommitted_per_partition,
     )
     beat = {"loop": time.monotonic()}
+    gate = PermissionGate(settings.kafka_config(), acls_for(Component.RUN, settings), "run")
 
     def healthy() -> tuple[bool, dict[str, object]]:
         loop_ok = time.monotonic() - beat["loop"] < 30
@@ -78,6 +81,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
             "rules_loaded": store.ready,
             "assignment_received": source.assignment_received.is_set(),
             "broker_reachable": source.broker_reachable,
+            **gate.details(),
         }
         ok = all(bool(v) for v in details.values()) and not fatal
         set_ready("run", ok)
@@ -85,8 +89,10 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
 
     http = HealthServer(settings.http.host, _port(settings), healthy, ready).start()
     log.info("eventmail run starting", extra={"http_port": http.port, "group_id": settings.group_id})
-    store.start()
     try:
+        # No event is taken before the broker says every ACL of `run` is held (readiness says which lack).
+        if await gate.wait(stop):
+            store.start()
         while not stop.is_set() and not await asyncio.to_thread(store.wait_ready, 0.5):
             pass  # the rules topic is read to its end before any event is taken
         if not stop.is_set():
