@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 from hypothesis import given, settings
@@ -95,47 +97,84 @@ def _config(
     return WarningConfig(rule, timeframe, Thresholds(percent, count), frequency_minutes=freq)
 
 
+_EDGE = st.integers(0, 40).map(lambda tens: tens * 10_000)  # on bucket and tick edges (whole 10 s)
 _OUTCOME = st.tuples(
     st.sampled_from(["r-a", "r-b"]),
-    st.integers(0, 400_000),  # gap in ms before this outcome (mostly forward)
-    st.integers(-20_000, 0),  # lateness
+    st.one_of(st.integers(0, 400_000), _EDGE),  # gap in ms before this outcome (mostly forward)
+    st.one_of(st.integers(-20_000, 0), _EDGE.map(lambda ms: -min(ms, 20_000))),  # lateness
     st.sampled_from(["sent", "failed", "config_error", "retrying"]),
 )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Span and bucket of each timeframe, as documented (not read from the code under test).
+SIZES = {
+    Timeframe.M5: (timedelta(minutes=5), timedelta(seconds=10)),
+    Timeframe.H1: (timedelta(hours=1), timedelta(minutes=1)),
+    Timeframe.H3: (timedelta(hours=3), timedelta(minutes=1)),
+    Timeframe.H6: (timedelta(hours=6), timedelta(minutes=1)),
+}
+TICK = timedelta(seconds=10)
+
+
+def _floor(moment: datetime, step: timedelta) -> datetime:
+    return EPOCH + ((moment - EPOCH) // step) * step
+
+
+def _breached(percent: float | None, count: int | None, events: int, warnings: int) -> bool:
+    """Strictly greater than a threshold; percent compared exactly; a left-out threshold never breaches."""
+    by_percent = percent is not None and Fraction(warnings * 100) > Fraction(str(percent)) * events
+    return by_percent or (count is not None and warnings > count)
+
+
+@dataclass
+class _Alerting:
+    last_fired: datetime | None = None
+    active: bool = False
 
 
 def _reference(
     configs: dict[str, WarningConfig], stream: list[Observation]
 ) -> list[tuple[str, str, int, int, int]]:
-    """Recount every window from scratch at every evaluation point."""
-    seen: list[Observation] = []
-    alerts = {rule: AlertState() for rule in configs}
+    """Recount every window from scratch at every evaluation point, with datetimes, and decide as the
+    documented semantics say: fire on a breach unless fired within the frequency, resolve once when
+    a breach that fired clears. Evaluation points: each outcome for its rule, and every rule when
+    the partition clock (the newest outcome time) enters a new 10 s step."""
+    seen: list[tuple[str, datetime, str]] = []
+    alerting = {rule: _Alerting() for rule in configs}
     out: list[tuple[str, str, int, int, int]] = []
-    clock: int | None = None
+    clock: datetime | None = None
 
     def evaluate(rule: str) -> None:
         assert clock is not None
         config = configs[rule]
-        spec = config.timeframe.spec
-        start, end = spec.bounds(clock)
-        inside = [o for o in seen if o.rule_id == rule and start <= o.created_ms < end]
-        events = sum(o.status in ("sent", "failed") for o in inside)
-        warnings = sum(o.status in ("failed", "config_error") for o in inside)
-        action = alerts[rule].step(
-            config.thresholds.breach(events, warnings) is not None, clock, config.frequency_ms
-        )
-        if action is not Action.NONE:
-            kind = AlertKind.FIRED if action is Action.FIRE else AlertKind.RESOLVED
-            out.append((kind.value, rule, clock, events, warnings))
+        span, bucket = SIZES[config.timeframe]
+        end = _floor(clock, bucket) + bucket
+        start = end - span
+        inside = [status for r, t, status in seen if r == rule and start <= t < end]
+        events = sum(status in ("sent", "failed") for status in inside)
+        warnings = sum(status in ("failed", "config_error") for status in inside)
+        state = alerting[rule]
+        frequency = timedelta(minutes=max(config.frequency_minutes, 1))
+        kind = None
+        if _breached(config.thresholds.percent, config.thresholds.count, events, warnings):
+            if state.last_fired is None or clock - state.last_fired >= frequency:
+                state.last_fired, state.active, kind = clock, True, "fired"
+        elif state.active:
+            state.active, kind = False, "resolved"
+        if kind is not None:
+            out.append((kind, rule, (clock - EPOCH) // timedelta(milliseconds=1), events, warnings))
 
     for obs in stream:
+        t = EPOCH + timedelta(milliseconds=obs.created_ms)
         previous = clock
-        if clock is None or obs.created_ms > clock:
-            clock = obs.created_ms
-            if previous is not None and clock // 10_000 > previous // 10_000:
+        if clock is None or t > clock:
+            clock = t
+            if previous is not None and _floor(clock, TICK) > _floor(previous, TICK):
                 for rule in sorted(configs):
                     if rule != obs.rule_id:
                         evaluate(rule)
-        seen.append(obs)
+        seen.append((obs.rule_id, t, obs.status))
         evaluate(obs.rule_id)
     return out
 

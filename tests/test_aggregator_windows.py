@@ -1,8 +1,15 @@
-"""Window arithmetic: bucketed counts equal a brute-force recount of the same stream."""
+"""Window arithmetic: bucketed counts equal a brute-force recount of the same stream.
+
+The recount is written independently of the code under test, with plain datetime arithmetic, from
+the documented semantics: a window at clock ``now`` ends at the end of the bucket holding ``now``
+(buckets are aligned to the epoch) and starts ``span`` before that end; an observation is dropped
+when, on arrival, it is older than the window's start at the clock of that moment.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +24,28 @@ from consumer.aggregator.windows import (
     percent,
 )
 
-SPECS = [tf.spec for tf in Timeframe] + [WindowSpec(span_ms=1000, bucket_ms=250)]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: (span, bucket) in ms, as documented: 5m in 10 s buckets, 1h/3h/6h in 1 min buckets, and a small one.
+SIZES = [(300_000, 10_000), (3_600_000, 60_000), (10_800_000, 60_000), (21_600_000, 60_000), (1000, 250)]
+SPECS = [WindowSpec(span_ms=span, bucket_ms=bucket) for span, bucket in SIZES]
+
+
+def at(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def reference_bounds(now_ms: int, spec: WindowSpec) -> tuple[datetime, datetime]:
+    """``[start, end)`` of the window at ``now_ms``, from datetimes (not from the code under test)."""
+    bucket = timedelta(milliseconds=spec.bucket_ms)
+    now = at(now_ms)
+    bucket_start = EPOCH + ((now - EPOCH) // bucket) * bucket
+    end = bucket_start + bucket
+    return end - timedelta(milliseconds=spec.span_ms), end
+
+
+def as_ms(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
 
 # One step of a stream: ("add", t_ms, status, error) or ("clock", t_ms).
 _STATUS = st.sampled_from(["sent", "failed", "retrying", "config_error"])
@@ -31,15 +59,15 @@ def _brute(steps: list[tuple[object, ...]], spec: WindowSpec) -> tuple[int, int,
     """Recount from scratch: every observation whose bucket is inside the window at the final clock
     and that was not already older than the window when it arrived."""
     clock = -1
-    kept: list[tuple[int, str, str | None]] = []
+    kept: list[tuple[datetime, str, str | None]] = []
     for step in steps:
         t = int(step[1])  # type: ignore[call-overload]
         clock = max(clock, t)
         if step[0] == "add":
             status, error = str(step[2]), step[3]
-            if spec.bucket_of(t) > spec.bucket_of(clock) - spec.buckets:
-                kept.append((t, status, error if isinstance(error, str) else None))
-    start, end = spec.bounds(clock)
+            if at(t) >= reference_bounds(clock, spec)[0]:
+                kept.append((at(t), status, error if isinstance(error, str) else None))
+    start, end = reference_bounds(clock, spec)
     inside = [k for k in kept if start <= k[0] < end]
     events = sum(1 for _, s, _ in inside if s in ("sent", "failed"))
     warnings = sum(1 for _, s, _ in inside if s in ("failed", "config_error"))
@@ -75,8 +103,9 @@ def test_counts_equal_a_brute_force_recount(spec: WindowSpec, steps: list[tuple[
     events, warnings, errors, clock = _brute(steps, spec)
     assert (window.events, window.warnings) == (events, warnings)
     assert dict(window.top_errors(limit=100)) == dict(errors)
-    assert window.bounds() == spec.bounds(clock)
-    assert len(window) <= spec.buckets
+    start, end = reference_bounds(clock, spec)
+    assert window.bounds() == (as_ms(start), as_ms(end))
+    assert len(window) <= spec.span_ms // spec.bucket_ms
 
 
 @settings(max_examples=200, deadline=None)
@@ -96,6 +125,10 @@ def test_an_in_order_stream_with_clock_steps_matches(spec: WindowSpec, start: in
     window = _run(steps, spec)
     events, warnings, _, _ = _brute(steps, spec)
     assert (window.events, window.warnings) == (events, warnings)
+
+
+def test_the_timeframes_have_the_documented_sizes() -> None:
+    assert [(tf.spec.span_ms, tf.spec.bucket_ms) for tf in Timeframe] == SIZES[:4]
 
 
 def test_bucket_sizes_and_bounds() -> None:
