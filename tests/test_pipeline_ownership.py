@@ -31,6 +31,7 @@ from consumer.pipeline.source import SourceConsumer
 from consumer.rules.matching import RuleIndex, compile_rule
 from consumer.rules.model import Rule
 from consumer.settings import Settings
+from tests.chaos_support import read_topic
 from tests.factories import make_event
 from tests.pipeline_support import esp, rule_doc
 from tests.support.kafka import LocalBroker, TopicFactory
@@ -206,19 +207,21 @@ def test_a_partition_given_back_further_on_commits_its_new_records(
 def test_a_revoke_waits_for_the_mail_being_sent_and_abandons_only_the_waiting_retry(
     make_harness: Callable[..., Harness], smtp_server_factory: SMTPServerFactory
 ) -> None:
-    """A revoke while one retry is sending (the server takes 1.5 s to answer DATA) and another waits
-    for its due time: the first is finished (one mail, its outcome written, its offset committable),
-    the second abandoned (before, both were cancelled and the mail in DATA was sent again by the
-    next owner)."""
+    """A revoke while a retry and an event are sending (the server takes 1.5 s to answer DATA) and
+    another retry waits for its due time: the first two are finished (their mails, their outcomes
+    written, their offsets committed), the third abandoned (before, the retries were all cancelled
+    and the mail in DATA was sent again by the next owner)."""
     server = smtp_server_factory("plain", data_reply_delay=1.5)
     h = make_harness(server)
-    tp = h.retry_tp
-    h.assign(tp)
-    h.pipeline.on_records([h.retry_record(0, due_in=-1), h.retry_record(1, due_in=3600)])
-    wait_for(lambda: h.pipeline.in_flight() == 2, 10, "both retries running")
-    h.revoke(tp)
-    assert len(server.messages) == 1, "the mail being sent was not finished"
-    assert h.committed(tp) == 1, "the sent retry's offset was not committed on revoke"
+    retry_tp, lms_tp = h.retry_tp, h.lms_tp
+    h.assign(retry_tp, lms_tp)
+    h.pipeline.on_records([h.retry_record(0, due_in=-1), h.retry_record(1, due_in=3600), h.event_record(0)])
+    wait_for(lambda: h.pipeline.in_flight() == 3, 10, "three tasks running")
+    server.wait_until(lambda: server.attempts >= 2, 10, "both mails on the wire")
+    h.revoke(retry_tp, lms_tp)
+    assert len(server.messages) == 2, "the mails being sent were not finished"
+    assert h.committed(retry_tp) == 1, "the sent retry's offset was not committed on revoke"
+    assert h.committed(lms_tp) == 1, "the sent event's offset was not committed on revoke"
     assert h.pipeline.in_flight() == 0
     assert h.fatal == []
 
@@ -240,6 +243,8 @@ def test_a_lost_partition_cancels_its_waiting_work(
     wait_for(lambda: h.pipeline.in_flight() <= 1, 5, "the waiting work cancelled")
     wait_for(lambda: h.pipeline.in_flight() == 0, 30, "the mail being sent finished")
     assert len(server.messages) == 1, f"{len(server.messages)} mails sent for a lost partition"
+    outcomes = read_topic(h.settings.kafka.bootstrap_servers, h.settings.topics.outcomes)
+    assert len(outcomes) == 1, f"{len(outcomes)} outcomes: the mail being sent must get its own, alone"
     assert h.pipeline.committable() == {}, "a lost partition has nothing to commit"
     assert h.fatal == []
 

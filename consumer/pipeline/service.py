@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import logging
 import signal
@@ -43,18 +44,32 @@ Part = Partition[Task]
 Handed = tuple[Message, tuple[str, int, int], Part]
 
 
-class SendSlots(asyncio.Semaphore):
-    """The processor's mail slots: taking one is where a task begins to send (``on_sending``)."""
+class _Work:
+    """The record a task works on, seen by every task it starts (a delivery per rule runs in a task of
+    its own): the context variable :data:`_WORK` holds it."""
 
-    def __init__(self, value: int, on_sending: Callable[[Task], None]) -> None:
+    __slots__ = ("part", "task")
+
+    def __init__(self, part: Part) -> None:
+        self.part = part
+        self.task: Task | None = None
+
+
+_WORK: contextvars.ContextVar[_Work | None] = contextvars.ContextVar("eventmail_work", default=None)
+
+
+class SendSlots(asyncio.Semaphore):
+    """The processor's mail slots: taking one is where a record's work begins to send."""
+
+    def __init__(self, value: int, on_sending: Callable[[_Work], None]) -> None:
         super().__init__(value)
         self._on_sending = on_sending
 
     async def acquire(self) -> Literal[True]:
         await super().acquire()
-        task = asyncio.current_task()
-        if task is not None:
-            self._on_sending(task)
+        work = _WORK.get()
+        if work is not None:
+            self._on_sending(work)
         return True
 
 
@@ -220,7 +235,7 @@ class Pipeline:
                 continue
             coro: Coroutine[Any, Any, None] | None
             if is_retry:
-                coro = self._retry_when_due(msg, part)
+                coro = self._retry_when_due(msg)
             else:
                 try:
                     coro = processor.start_event(msg, topic)
@@ -234,7 +249,10 @@ class Pipeline:
                         self._release(finished, dropped_events, dropped_retries)
                         finished, dropped_events, dropped_retries = [], 0, 0
                     continue
-            task = self.loop.create_task(coro)
+            work = _Work(part)
+            context = contextvars.copy_context()
+            context.run(_WORK.set, work)
+            task = work.task = self.loop.create_task(coro, context=context)
             with self._lock:
                 part.add(task)
                 self._task_part[task] = part
@@ -244,24 +262,22 @@ class Pipeline:
         if finished or dropped_events or dropped_retries:
             self._release(finished, dropped_events, dropped_retries)
 
-    async def _retry_when_due(self, msg: Message, part: Part) -> None:
+    async def _retry_when_due(self, msg: Message) -> None:
         """A retry record: wait (cancellable) until it is due, then deliver (sending, not cancelled)."""
         due = _due_at(msg)
         if due is not None:
             wait = (due - datetime.now(UTC)).total_seconds()
             if wait > 0:
                 await asyncio.sleep(wait)
-        task = asyncio.current_task()
-        if task is not None:
-            with self._lock:
-                part.sending(task)
+        work = _WORK.get()
+        if work is not None:
+            self._sending(work)
         await self.processor.process_retry(msg)
 
-    def _sending(self, task: Task) -> None:
+    def _sending(self, work: _Work) -> None:
         with self._lock:
-            part = self._task_part.get(task)
-            if part is not None:
-                part.sending(task)
+            if work.task is not None:
+                work.part.sending(work.task)
 
     def _release(self, done: list[tuple[Part, int]], dropped: int, dropped_retries: int) -> None:
         """Records finished without a task (``done``) or not taken (``dropped``) are no longer pending."""
