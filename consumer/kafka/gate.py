@@ -33,8 +33,11 @@ class PermissionGate:
         return self.missing == []
 
     def details(self) -> dict[str, object]:
-        """For the readiness answer: ``kafka_permissions`` and, when some lack, which."""
-        out: dict[str, object] = {"kafka_permissions": self.ok}
+        """For the readiness answer, nothing once every permission is held; else
+        ``kafka_permissions: false`` and, when the broker answered, which lack."""
+        if self.ok:
+            return {}
+        out: dict[str, object] = {"kafka_permissions": False}
         if self.missing:
             out["kafka_permissions_missing"] = list(self.missing)
         return out
