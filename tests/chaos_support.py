@@ -326,6 +326,13 @@ class Replicas:
         self.kills.append(Kill(time.time(), name, received))
         process.wait(10)
 
+    def terminate(self, name: str) -> None:
+        """SIGTERM (a clean leave: drain, commit, leave the group); the exit code must be 0."""
+        proc = self.procs.pop(name)
+        alive(proc)
+        code = proc.terminate()
+        assert code == 0, f"{proc.name} exited with {code}:\n{proc.tail()}"
+
     def check_alive(self) -> None:
         for proc in self.procs.values():
             alive(proc)
@@ -362,6 +369,27 @@ def chaos_monkey(
         replicas.kill(victim, received())
         time.sleep(rng.random() * 2)
         replicas.start(victim)
+
+
+def group_lag(bootstrap: str, group_id: str, topics: Iterable[str]) -> dict[str, int]:
+    """Per ``topic[partition]``, how far the group's committed offset is behind the partition's end
+    (0 everywhere: the group committed everything)."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in reader.list_topics(topic, timeout=10).topics[topic].partitions
+        ]
+        committed = reader.committed(partitions, timeout=30)
+        lag: dict[str, int] = {}
+        for tp in committed:
+            low, high = reader.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            position = tp.offset if tp.offset >= 0 else low
+            lag[f"{tp.topic}[{tp.partition}]"] = high - position
+        return lag
+    finally:
+        reader.close()
 
 
 # --- producing -----------------------------------------------------------------------------------------

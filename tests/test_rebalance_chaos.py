@@ -1,0 +1,145 @@
+"""Rebalances under load: ``eventmail run`` replicas join, leave (SIGTERM) and die (``kill -9``)
+while a backlog of mail flows to an ESP-like sink (20 ms per reply, 100 ms for DATA).
+
+Afterwards the group's committed offsets reach the end of every partition (events and retries),
+every mail arrived, with its original Message-ID and a ``sent`` outcome, and the only copies are of
+mails in flight at a kill (at most the in-flight bound per kill; a SIGTERM or a rebalance makes
+none). Figures in docs/reliability.md ("Rebalances"). The short version runs in ``make test``, the
+long one (more mail, more moves, in random order) in ``make chaos``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from consumer.mail.message import message_id_for
+from tests.chaos_support import FAST, Replicas, SinkProcess, Tally, group_lag, wait_sent_outcomes, wait_until
+from tests.factories import make_event
+from tests.pipeline_support import apply_rules, publish, rule_doc
+from tests.support.kafka import TopicFactory
+from tests.support.service import Deployment
+
+RULE = "r-rebalance"
+#: Event records a replica holds at most between fetching them and their outcomes' acknowledgement.
+IN_FLIGHT = 16
+POOL = 4
+NAMES = ("a", "b", "c")
+
+
+def _scenario(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    name: str,
+    count: int,
+    moves: list[str],
+) -> Tally:
+    deployment = Deployment.create(kafka_bootstrap, topic_factory, partitions=6)
+    sink = SinkProcess(tmp_path, profile="esp").start()
+    deployment.with_esp({"default": sink.esp(max_connections=POOL)})
+    apply_rules(deployment, tmp_path, rule_doc(RULE, action={"subject": "Rebalance {{ lead_id }}"}))
+    events = [make_event(lead_id=f"R{i}") for i in range(count)]
+    expected = {message_id_for(e.event_id, RULE) for e in events}
+    env = deployment.env(**FAST, EVENTMAIL_PIPELINE__MAX_IN_FLIGHT=str(IN_FLIGHT))
+    publish(deployment, events)  # the backlog is there before anyone reads it
+    started = time.monotonic()
+    replicas = Replicas(env, tmp_path, ["a", "b"])
+    received: Callable[[], int] = lambda: len(set(sink.message_ids()))  # noqa: E731
+    done: list[str] = []
+    kills = 0
+    try:
+        for i, move in enumerate(moves):
+            target = (i + 1) * count // (len(moves) + 2)
+            wait_until(lambda t=target: received() >= t, 120, f"{target} mails", every=0.05)  # type: ignore[misc]
+            replicas.check_alive()
+            kind, who = move.split(":")
+            if kind == "join":
+                replicas.start(who)
+            elif kind == "leave":
+                replicas.terminate(who)
+            elif kind == "term":  # SIGTERM and back
+                replicas.terminate(who)
+                replicas.start(who)
+            elif kind == "kill":
+                replicas.kill(who, received())
+                kills += 1
+                replicas.start(who)
+            done.append(f"{move}@{received()}")
+        wait_until(
+            lambda: received() >= count, 240, "every mail at the sink", running=list(replicas.procs.values())
+        )
+        outcomes = wait_sent_outcomes(deployment, expected, timeout=120)
+        seconds = time.monotonic() - started
+        replicas.terminate_all()
+        replicas.procs.clear()
+    finally:
+        replicas.stop_all()
+        sink.stop()
+    topics = [deployment.topics["lms"], deployment.topics["call_logic"], deployment.topics["retry"]]
+    lag = group_lag(kafka_bootstrap, deployment.group_id, topics)
+    tally = Tally(
+        name,
+        expected,
+        sink.message_ids(),
+        outcomes,
+        seconds,
+        extra={"moves": len(moves), "kills": kills, "uncommitted": sum(lag.values()), "log": " ".join(done)},
+    )
+    tally.report(capsys)
+    assert all(n == 0 for n in lag.values()), f"the group's commits stop short of the end: {lag}"
+    tally.assert_nothing_lost()  # also: no Message-ID that was not asked for
+    assert tally.duplicates == 0, f"copies beyond the kill window: {tally.copied}"
+    assert tally.outcome_duplicates == 0
+    assert tally.copies <= kills * IN_FLIGHT, f"{tally.copies} copies after {kills} kills"
+    assert all(n <= 1 + kills for n in tally.copied.values())
+    return tally
+
+
+def test_replicas_joining_leaving_and_dying_under_a_backlog(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Short version (make test): 800 mails, 3 replicas, two leaves, a join and two kills."""
+    _scenario(
+        kafka_bootstrap,
+        topic_factory,
+        tmp_path,
+        capsys,
+        name="rebalances (short)",
+        count=800,
+        moves=["join:c", "term:b", "kill:a", "leave:c", "kill:b"],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_replicas_joining_leaving_and_dying_at_random_under_a_backlog(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(13)
+    moves: list[str] = []
+    running = {"a", "b"}
+    for _ in range(16):
+        kind = rng.choice(["join", "leave", "term", "kill", "kill"])
+        if kind == "join" or (len(running) == 1 and kind == "leave"):
+            absent = sorted(set(NAMES) - running)
+            if not absent:
+                kind = "term"
+            else:
+                who = rng.choice(absent)
+                running.add(who)
+                moves.append(f"join:{who}")
+                continue
+        who = rng.choice(sorted(running))
+        if kind == "leave":
+            running.discard(who)
+        moves.append(f"{kind}:{who}")
+    _scenario(
+        kafka_bootstrap, topic_factory, tmp_path, capsys, name="rebalances (random)", count=5000, moves=moves
+    )
