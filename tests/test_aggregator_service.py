@@ -6,7 +6,10 @@ Outcomes carry synthetic ``created`` values (event time), so frequency periods p
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,10 +20,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from consumer.aggregator import service
 from consumer.aggregator.config import StaticWarnings, WarningConfig
-from consumer.aggregator.runner import ALERT_SEND_ROUNDS, mailer_for
+from consumer.aggregator.runner import ALERT_SEND_ROUNDS, mailer_for, run_aggregator
 from consumer.aggregator.service import Aggregator, aggregator_group
 from consumer.aggregator.thresholds import Thresholds
 from consumer.aggregator.windows import Timeframe
+from consumer.devtools.process import free_port
 from consumer.observability.metrics import ALERT_SEND_FAILURES, BILLABLE_EVENTS
 from consumer.outcomes.codec import decode_alert, encode_outcome
 from consumer.outcomes.model import Alert, AlertKind, Outcome, OutcomeStatus, SourcePosition
@@ -589,3 +593,66 @@ async def test_breaches_during_a_downtime_longer_than_the_largest_timeframe_are_
     (alert,) = harness.alert_records()
     assert alert.kind is AlertKind.FIRED
     assert t0 + timedelta(minutes=5) <= alert.created <= t0 + timedelta(minutes=8)
+
+
+def http_get(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    except urllib.error.URLError:
+        return 0, {}  # not listening yet
+
+
+async def test_healthz_of_the_service_fails_while_the_brokers_are_retried(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = flaky_watermarks(failures=10**9)
+    monkeypatch.setattr(service, "Consumer", flaky)
+    monkeypatch.setattr(service, "STUCK_AFTER_SECONDS", 1.0)
+    port = free_port()
+    harness.extra["http"] = {"host": "127.0.0.1", "port": port}
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_aggregator(harness.settings(), stop, provider=harness.provider))
+    try:
+        answers: list[tuple[int, dict[str, Any]]] = []
+
+        async def answer(path: str) -> tuple[int, dict[str, Any]]:
+            answers.append(await asyncio.to_thread(http_get, port, path))
+            return answers[-1]
+
+        async def stuck() -> bool:
+            code, body = await answer("/healthz")
+            return code == 503 and "retrying" in body
+
+        deadline = time.monotonic() + 45
+        while not await stuck():
+            assert time.monotonic() < deadline, f"/healthz never reported the retries: {answers[-1:]}"
+            await asyncio.sleep(0.1)
+        body = answers[-1][1]
+        assert body["retrying"]["call"] == "watermark offsets"
+        assert (await answer("/readyz"))[0] == 503
+        flaky.remaining = 0  # the leader is back
+        while (await answer("/readyz"))[0] != 200 or (await answer("/healthz"))[0] != 200:
+            assert time.monotonic() < deadline + 45, f"not ready and healthy again: {answers[-2:]}"
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def test_a_replica_stopped_while_retrying_the_brokers_stops_cleanly(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = flaky_watermarks(failures=10**9)
+    monkeypatch.setattr(service, "Consumer", flaky)
+    settings = harness.settings()
+    aggregator = Aggregator(settings, harness.provider, mailer_for(settings))
+    stop = asyncio.Event()
+    replica = Replica(aggregator, stop, asyncio.create_task(aggregator.run(stop)))
+    await wait_for(lambda: aggregator.calls.retrying is not None, "the watermark reads to be retried")
+    started = time.monotonic()
+    await replica.close()  # raises on a crash or a fatal error
+    assert time.monotonic() - started < 15  # the retry ends at once, not after its 120 s limit
+    assert not aggregator.ready

@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 
 #: How far an outcome's ``created`` may be ahead of its record's timestamp before it is capped.
 MAX_AHEAD_MS = 60_000
+#: A broker call retried, or a partition rebuilding without progress, this long makes it unhealthy.
+STUCK_AFTER_SECONDS = 30.0
 
 
 def aggregator_group(settings: Settings) -> str:
@@ -160,9 +162,11 @@ class Aggregator:
         }
         return self.ready and self.fatal is None, details
 
-    def healthy(self, stale_after: float = 30.0) -> tuple[bool, dict[str, object]]:
+    def healthy(self, stale_after: float | None = None) -> tuple[bool, dict[str, object]]:
         """Alive and not stuck: the loop turns, no broker call has been retried for ``stale_after``
-        seconds, and no partition has been rebuilding that long without reading anything."""
+        seconds (:data:`STUCK_AFTER_SECONDS`), and no partition has been rebuilding that long without
+        reading anything."""
+        stale_after = STUCK_AFTER_SECONDS if stale_after is None else stale_after
         now = time.monotonic()
         loop_ok = now - self.last_loop < stale_after
         details: dict[str, object] = {"loop": loop_ok, "fatal": self.fatal}
@@ -196,12 +200,14 @@ class Aggregator:
         """Never raises (an exception here would be lost inside librdkafka and leave the replica
         unready for good): transient broker errors are retried, anything else is fatal and said."""
         starts: list[TopicPartition] = []
+        stopped = False
         try:
             self.log.refresh()
             if partitions:
                 runs, starts = self._start_positions(consumer, partitions)
                 self.parts.update(runs)
         except RetryStopped:
+            stopped = True
             log.info("stopping while partitions were being assigned")
         except Exception as exc:
             self.fatal = f"cannot rebuild state of {self.topic}: {type(exc).__name__}: {exc}"
@@ -212,7 +218,7 @@ class Aggregator:
             self.fatal = f"cannot assign partitions of {self.topic}: {exc}"
             log.exception("cannot assign partitions")
             return
-        self.assignment_received = True
+        self.assignment_received = self.assignment_received or not stopped
         if starts:
             log.info(
                 "partitions assigned; rebuilding",
@@ -325,15 +331,15 @@ class Aggregator:
         self.stopping.set()
 
     async def _run(self, stop: asyncio.Event) -> None:
-        try:
-            await asyncio.to_thread(self.log.refresh)
-        except RetryStopped:
-            return
-        self.consumer.subscribe(
-            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
         last_commit = last_gauges = time.monotonic()
         try:
+            try:
+                await asyncio.to_thread(self.log.refresh)
+            except RetryStopped:
+                return  # stopped while the brokers were away; the clients are closed below
+            self.consumer.subscribe(
+                [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
             while not stop.is_set() and self.fatal is None:
                 self.last_loop = time.monotonic()
                 batch = await asyncio.to_thread(self.consumer.consume, 1000, 0.2)
