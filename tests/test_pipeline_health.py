@@ -74,7 +74,8 @@ def test_ready_service_reports_lag_and_json_logs_with_event_and_rule_ids(
             "assignment_received": True,
             "broker_reachable": True,
         }
-        publish(deployment, [make_event(lead_id="L1")])
+        event = make_event(lead_id="L1")
+        publish(deployment, [event])
         server.wait_for(1, timeout=60)
         deadline = time.monotonic() + 30
         while (
@@ -90,6 +91,13 @@ def test_ready_service_reports_lag_and_json_logs_with_event_and_rule_ids(
         service.stop()
     lines = [json.loads(line) for line in service.log_path.read_text().splitlines() if line.startswith("{")]
     assert any(line["msg"] == "eventmail run stopped cleanly" for line in lines)
+    # the normal send path names the event and the rule (what an SRE greps for), and the Message-ID
+    sent = [line for line in lines if line["msg"] == "mail sent"]
+    assert [(line["event_id"], line["rule_id"], line["attempts"]) for line in sent] == [
+        (event.event_id, "r-1", 1)
+    ]
+    assert [line["message_id"] for line in sent] == server.message_ids
+    assert sent[0]["level"] == "info"
     assert "esp-secret-value" not in service.log_path.read_text()
     assert "esp-secret-value" not in metrics
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import fastavro
@@ -33,6 +34,7 @@ from consumer.settings import SchemaRegistrySettings
 from tests.factories import make_event
 from tests.support.kafka import TopicFactory, consume_all, produce
 from tests.support.registry import free_port
+from tests.support.registry_gate import RegistryGate
 
 SCHEMA_FILES = {Platform.LMS: "lms_event", Platform.CALL_LOGIC: "call_logic_event"}
 SECRET = "pa55-w0rd-never-shown"
@@ -263,3 +265,57 @@ def test_settings_the_client_refuses_are_settings_errors(
     with pytest.raises(SettingsError, match=complaint) as raised:
         registry_lookup(settings)
     assert SECRET not in str(raised.value)
+
+
+# --- what the registry's answers mean: the record's fault (DLQ) or an outage (wait) -------------------
+
+
+@pytest.fixture
+def gate(schema_registry_url: str) -> Iterator[RegistryGate]:
+    gateway = RegistryGate(schema_registry_url, credentials=f"eventmail:{SECRET}")
+    yield gateway
+    gateway.close()
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 400, 422])
+def test_a_refusal_for_one_schema_id_is_the_records_fault(
+    status: int,
+    gate: RegistryGate,
+    topic_factory: TopicFactory,
+    registry_client: SchemaRegistryClient,
+) -> None:
+    good = register_event_schema(registry_client, value_subject(topic_factory("gate-good")), Platform.LMS)
+    refused = 2_000_000_000 + status
+    gate.refuse[refused] = status
+    lookup = registry_lookup(SchemaRegistrySettings(url=gate.url, basic_auth=f"eventmail:{SECRET}"))
+    assert lookup is not None
+    with pytest.raises(CodecError, match=f"schema id {refused}: .*{status}") as raised:
+        lookup(refused)
+    assert not isinstance(raised.value, RegistryUnavailableError)
+    assert SECRET not in str(raised.value)
+    assert lookup(good)["name"] == "io.eventmail.events.LmsEvent"  # the registry answers us otherwise
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_credentials_refused_for_every_request_are_an_outage(
+    status: int, gate: RegistryGate, registry_client: SchemaRegistryClient, topic_factory: TopicFactory
+) -> None:
+    good = register_event_schema(registry_client, value_subject(topic_factory("gate-creds")), Platform.LMS)
+    if status == 401:  # a wrong password: the gateway refuses every request of ours
+        settings = SchemaRegistrySettings(url=gate.url, basic_auth=f"eventmail:wrong-{SECRET}")
+    else:  # our account lost its read permission on the whole registry
+        gate.refuse_all = 403
+        settings = SchemaRegistrySettings(url=gate.url, basic_auth=f"eventmail:{SECRET}")
+    lookup = registry_lookup(settings)
+    assert lookup is not None
+    with pytest.raises(RegistryUnavailableError, match="refuses our credentials") as raised:
+        lookup(good)
+    assert SECRET not in str(raised.value)
+
+
+def test_server_errors_and_timeouts_are_an_outage(gate: RegistryGate) -> None:
+    gate.down = True
+    lookup = registry_lookup(SchemaRegistrySettings(url=gate.url, basic_auth=f"eventmail:{SECRET}"))
+    assert lookup is not None
+    with pytest.raises(RegistryUnavailableError, match="503"):
+        lookup(7)

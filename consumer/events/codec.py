@@ -30,6 +30,15 @@ SCHEMA_NAMES: dict[Platform, str] = {Platform.LMS: "lms_event", Platform.CALL_LO
 MAX_RECORD_BYTES = 1_000_000
 
 
+class SchemaFetchNeeded(Exception):
+    """Raised by ``decode(..., fetch=False)``: the record's writer schema is not cached; fetch it
+    (e.g. off the event loop) and decode again with ``writer=``."""
+
+    def __init__(self, schema_id: int) -> None:
+        super().__init__(f"schema id {schema_id} is not cached")
+        self.schema_id = schema_id
+
+
 class InputFormat(StrEnum):
     AUTO = "auto"  # Confluent wire format or JSON
     JSON = "json"
@@ -56,7 +65,23 @@ class EventDecoder:
         self.input_format = input_format
         self._writer_schema = writer_schema
 
-    def decode(self, platform: Platform, value: bytes | None, headers: Headers = None) -> Event:
+    @property
+    def writer_schema(self) -> WriterSchemaLookup | None:
+        """The writer-schema lookup of the Confluent wire format (None: no registry)."""
+        return self._writer_schema
+
+    def decode(
+        self,
+        platform: Platform,
+        value: bytes | None,
+        headers: Headers = None,
+        *,
+        fetch: bool = True,
+        writer: Any = None,
+    ) -> Event:
+        """The event of a record value. For the Confluent wire format, ``writer`` is the writer
+        schema when the caller fetched it already; with ``fetch=False`` a schema that is not cached
+        raises :class:`SchemaFetchNeeded` instead of asking the registry from this thread."""
         if value is None:
             raise CodecError("empty record (null value)")
         if len(value) > MAX_RECORD_BYTES:
@@ -65,7 +90,7 @@ class EventDecoder:
         if content_type is not None and "json" in content_type.lower():
             return self._from_json(platform, value)
         if is_confluent_wire(value):
-            return self._from_wire(platform, value)
+            return self._from_wire(platform, value, fetch, writer)
         if _looks_like_json(value):
             return self._from_json(platform, value)
         if self.input_format is InputFormat.AVRO:
@@ -85,16 +110,23 @@ class EventDecoder:
             raise CodecError(f"JSON event must be an object, not {type(record).__name__}")
         return build_event(platform, record)
 
-    def _from_wire(self, platform: Platform, value: bytes) -> Event:
+    def _from_wire(self, platform: Platform, value: bytes, fetch: bool, writer: Any) -> Event:
         schema_id, body = split_wire(value)
         if self._writer_schema is None:
             raise CodecError(f"Confluent wire format (schema id {schema_id}) but no schema registry is set")
-        try:
-            writer = self._writer_schema(schema_id)
-        except CodecError:
-            raise
-        except Exception as exc:
-            raise CodecError(f"schema id {schema_id}: cannot fetch from the registry: {exc}") from None
+        if writer is None and not fetch:
+            cached = getattr(self._writer_schema, "cached", None)
+            if cached is not None:
+                writer = cached(schema_id)
+                if writer is None:
+                    raise SchemaFetchNeeded(schema_id)
+        if writer is None:
+            try:
+                writer = self._writer_schema(schema_id)
+            except CodecError:
+                raise
+            except Exception as exc:
+                raise CodecError(f"schema id {schema_id}: cannot fetch from the registry: {exc}") from None
         record = decode_schemaless(body, writer, parsed_schema(SCHEMA_NAMES[platform]))
         return build_event(platform, record)
 

@@ -6,8 +6,10 @@ schema id -> the Avro schema registered under it, fetched once through Confluent
 cache. Every failure -- registry unreachable, unknown id, a schema that is not Avro or does not parse --
 raises :class:`CodecError` naming the schema id and carrying the registry's own message; credentials
 (``basic_auth``, or user info in the URL) never appear in it. When the registry itself is at fault
-(unreachable, 5xx, refusing our credentials) the error is the subclass :class:`RegistryUnavailableError`,
-so a caller may tell a registry outage from a bad record.
+(unreachable, a timeout, 5xx, 408, 429, or refusing our credentials for every request) the error is
+the subclass :class:`RegistryUnavailableError`, so a caller may tell a registry outage from a bad
+record. Every other answer about the id (404, any other 4xx, and 401/403 for this id while the
+registry answers our other requests) is the record's fault: a plain :class:`CodecError`.
 
 :func:`register_event_schema` is the producers' side (demo, benchmarks, tests): it registers a shipped
 event schema under a subject and returns its id. Subjects follow Confluent's TopicNameStrategy,
@@ -104,6 +106,14 @@ class RegistryLookup:
         self._cache: OrderedDict[int, Any] = OrderedDict()
         self._lock = threading.Lock()
 
+    def cached(self, schema_id: int) -> Any | None:
+        """The parsed schema of ``schema_id`` if it is cached, else None (never asks the registry)."""
+        with self._lock:
+            cached = self._cache.get(schema_id)
+            if cached is not None:
+                self._cache.move_to_end(schema_id)
+            return cached
+
     def __call__(self, schema_id: int) -> Any:
         with self._lock:
             cached = self._cache.get(schema_id)
@@ -146,16 +156,34 @@ class RegistryLookup:
 
     def _error(self, schema_id: int, what: str, exc: Exception) -> CodecError:
         detail = _redact(str(exc) or type(exc).__name__, self._secrets)
-        kind = RegistryUnavailableError if _registry_at_fault(exc) else CodecError
+        status = exc.http_status_code if isinstance(exc, SchemaRegistryError) else None
+        if status in (401, 403):
+            # Refused: our credentials for the whole registry (an outage of ours to fix), or this one
+            # schema (the record's fault: a producer used a schema we may not read)? Ask the registry
+            # something any client may read with our credentials.
+            if self._answers_us():
+                return CodecError(f"schema id {schema_id}: {what}: refused for this schema id: {detail}")
+            return RegistryUnavailableError(
+                f"schema id {schema_id}: {what}: the registry refuses our credentials: {detail}"
+            )
+        kind = RegistryUnavailableError if _registry_at_fault(status) else CodecError
         return kind(f"schema id {schema_id}: {what}: {detail}")
 
+    def _answers_us(self) -> bool:
+        """True when the registry answers a request every reader may make (``GET /schemas/types``)."""
+        try:
+            self._client.get_schema_types()
+        except Exception:
+            return False
+        return True
 
-def _registry_at_fault(exc: Exception) -> bool:
-    """True unless the registry answered that the request itself is wrong (unknown id, bad path ...)."""
-    if isinstance(exc, SchemaRegistryError):
-        status = exc.http_status_code
-        return status >= 500 or status in (401, 403, 408, 429)
-    return True
+
+def _registry_at_fault(status: int | None) -> bool:
+    """True when the registry could not answer (no HTTP answer, 5xx, 408, 429); False when it answered
+    that the request itself is wrong (unknown id, bad path, any other 4xx)."""
+    if status is None or status < 0:
+        return True
+    return status >= 500 or status in (408, 429)
 
 
 def _parse_avro(schema_id: int, schema: Any, named: dict[str, Any]) -> Any:

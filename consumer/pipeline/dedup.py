@@ -17,12 +17,13 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.errors import CodecError
 from consumer.outcomes.codec import decode_outcome
 from consumer.outcomes.model import OutcomeStatus
-from consumer.pipeline.offsets import TopicPartitionKey, position
+from consumer.pipeline.offsets import TopicPartitionKey
+from consumer.pipeline.outcome_writer import SOURCE_HEADER, parse_source_header
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,31 @@ Delivered = dict[TopicPartitionKey, dict[int, set[str]]]
 _DURABLE = frozenset({OutcomeStatus.SENT, OutcomeStatus.FAILED, OutcomeStatus.RETRYING})
 
 
+#: How long a read-back may take before the assignment goes on without the rest (a warning says so).
+READBACK_BUDGET_SECONDS = 120.0
+
+
 def read_delivered(
     config: dict[str, Any],
     outcomes_topic: str,
     committed: dict[TopicPartitionKey, int],
     lookback_seconds: float,
-    timeout: float = 60.0,
+    timeout: float = READBACK_BUDGET_SECONDS,
 ) -> Delivered:
-    """Scan the outcome topic for results of records at or after the committed offsets."""
+    """Scan the outcome topic for results of records at or after the committed offsets.
+
+    Never raises for the broker's sake: a read-back that cannot finish within ``timeout`` (a huge
+    outcome rate, a broker away) logs a warning and returns what it found (the consumer goes on, with
+    the duplicate window of the outcomes it did not read), rather than failing the assignment and
+    crash-looping the group. Outcomes are filtered by their ``eventmail.source`` header, undecoded;
+    outcomes written before the header existed are decoded. Transactions still open when the scan
+    starts are waited for (up to ``timeout``): the outcomes behind them are read once they commit.
+    """
     out: Delivered = defaultdict(lambda: defaultdict(set))
     if not committed:
         return out
+    started = time.monotonic()
+    deadline = started + timeout
     reader = Consumer(
         {
             **config,
@@ -50,52 +65,127 @@ def read_delivered(
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
+            "fetch.max.bytes": 52_428_800,
+            "max.partition.fetch.bytes": 4_194_304,
         }
     )
+    scanned = 0
+    remaining: set[int] = set()
     try:
-        metadata = reader.list_topics(outcomes_topic, timeout=10).topics.get(outcomes_topic)
-        if metadata is None or metadata.error is not None:
+        try:
+            assign, ends = _scan_bounds(reader, outcomes_topic, lookback_seconds, deadline)
+        except KafkaException as exc:
+            log.warning(
+                "outcome read-back could not start; going on without it",
+                extra={"error": str(exc)[:300], "partitions": len(committed)},
+            )
             return out
-        since_ms = int((time.time() - lookback_seconds) * 1000)
-        wanted = [TopicPartition(outcomes_topic, p, since_ms) for p in metadata.partitions]
-        starts = reader.offsets_for_times(wanted, timeout=10)
-        ends: dict[int, int] = {}
-        assign: list[TopicPartition] = []
-        for tp in starts:
-            _, high = reader.get_watermark_offsets(TopicPartition(outcomes_topic, tp.partition), timeout=10)
-            start = tp.offset if tp.offset >= 0 else high  # -1: nothing newer than since_ms
-            if start < high:
-                ends[tp.partition] = high
-                assign.append(TopicPartition(outcomes_topic, tp.partition, start))
         if not assign:
             return out
         reader.assign(assign)
         remaining = set(ends)
-        deadline = time.monotonic() + timeout
-        scanned = 0
+        starts = _starts(committed)
         while remaining and time.monotonic() < deadline:
-            for msg in reader.consume(num_messages=1000, timeout=0.2):
+            for msg in reader.consume(num_messages=5000, timeout=0.2):
                 error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        remaining.discard(msg.partition())
+                partition = msg.partition()
+                if partition is None:
                     continue
-                _, partition, offset = position(msg)
+                if error is not None:
+                    # At the end of what may be read: done, unless a transaction still open holds the rest.
+                    if error.code() == KafkaError._PARTITION_EOF and (msg.offset() or 0) >= ends[partition]:
+                        remaining.discard(partition)
+                    continue
+                offset = msg.offset() or 0
                 if offset >= ends[partition] - 1:
                     remaining.discard(partition)
                 scanned += 1
-                _collect(msg.value(), committed, out)
-        if remaining:
-            raise TimeoutError(
-                f"outcome read-back did not reach the end of {sorted(remaining)} in {timeout}s"
-            )
-        log.info("outcome read-back done", extra={"scanned": scanned, "partitions": len(committed)})
-        return out
+                _collect(msg, starts, out)
     finally:
         reader.close()
+    elapsed = time.monotonic() - started
+    if remaining:
+        log.warning(
+            "outcome read-back did not finish in time; deliveries of outcomes not read may repeat",
+            extra={"unread_partitions": sorted(remaining), "seconds": round(elapsed, 1), "scanned": scanned},
+        )
+    else:
+        log.info(
+            "outcome read-back done",
+            extra={"scanned": scanned, "partitions": len(committed), "seconds": round(elapsed, 2)},
+        )
+    return out
 
 
-def _collect(value: bytes | None, committed: dict[TopicPartitionKey, int], out: Delivered) -> None:
+def _scan_bounds(
+    reader: Consumer, topic: str, lookback_seconds: float, deadline: float
+) -> tuple[list[TopicPartition], dict[int, int]]:
+    """Where to start in each outcome partition (``now - lookback``) and where its end is now."""
+    delay = 0.2
+    while True:
+        try:
+            metadata = reader.list_topics(topic, timeout=10).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                return [], {}
+            since_ms = int((time.time() - lookback_seconds) * 1000)
+            wanted = [TopicPartition(topic, p, since_ms) for p in metadata.partitions]
+            starts = reader.offsets_for_times(wanted, timeout=10)
+            ends: dict[int, int] = {}
+            assign: list[TopicPartition] = []
+            for tp in starts:
+                _, high = reader.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+                start = tp.offset if tp.offset >= 0 else high  # -1: nothing newer than since_ms
+                if start < high:
+                    ends[tp.partition] = high
+                    assign.append(TopicPartition(topic, tp.partition, start))
+            return assign, ends
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, KafkaError) and (error.retriable() or error.code() in _TRANSIENT)
+            if not retriable or time.monotonic() + delay >= deadline:
+                raise
+            time.sleep(delay)  # a leader moving (rolling broker restart): ask again
+            delay = min(delay * 2, 5.0)
+
+
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
+
+
+def _starts(committed: dict[TopicPartitionKey, int]) -> dict[str, dict[int, int]]:
+    """topic -> partition -> the first source offset of interest (the committed one, 0 for none)."""
+    starts: dict[str, dict[int, int]] = defaultdict(dict)
+    for (topic, partition), offset in committed.items():
+        starts[topic][partition] = max(0, offset)
+    return starts
+
+
+def _collect(msg: Message, starts: dict[str, dict[int, int]], out: Delivered) -> None:
+    headers = msg.headers() or []
+    for name, raw in headers if isinstance(headers, list) else headers.items():
+        if name == SOURCE_HEADER and raw is not None:
+            source = parse_source_header(raw if isinstance(raw, bytes) else raw.encode())
+            if source is None:
+                break
+            topic, partition, offset = source
+            start = starts.get(topic, {}).get(partition)
+            key = msg.key()
+            if start is None or offset < start or key is None:
+                return  # another partition's, or already committed: not decoded at all
+            out[(topic, partition)][offset].add(key.decode(errors="replace"))
+            return
+    _collect_decoded(msg.value(), starts, out)
+
+
+def _collect_decoded(value: bytes | None, starts: dict[str, dict[int, int]], out: Delivered) -> None:
     if not value:
         return
     try:
@@ -105,10 +195,7 @@ def _collect(value: bytes | None, committed: dict[TopicPartitionKey, int], out: 
     source = outcome.source
     if source is None or outcome.status not in _DURABLE:
         return
-    key = (source.topic, source.partition)
-    if key not in committed:
+    start = starts.get(source.topic, {}).get(source.partition)
+    if start is None or source.offset < start:
         return
-    start = committed[key]
-    if start >= 0 and source.offset < start:
-        return
-    out[key][source.offset].add(outcome.rule_id)
+    out[(source.topic, source.partition)][source.offset].add(outcome.rule_id)

@@ -13,14 +13,13 @@ from typing import Any, Protocol
 from confluent_kafka import Message
 
 from consumer.errors import CodecError
-from consumer.events.codec import EventDecoder
+from consumer.events.codec import EventDecoder, SchemaFetchNeeded
 from consumer.events.model import Event
-from consumer.events.registry import RegistryUnavailableError
 from consumer.events.triggers import Platform
+from consumer.mail.params import manual_label
 from consumer.observability.metrics import (
     BILLABLE_EVENTS,
     DECODE_FAILURES,
-    DLQ_RECORDS,
     DUPLICATES_SKIPPED,
     END_TO_END_SECONDS,
     EVENTS_CONSUMED,
@@ -33,18 +32,17 @@ from consumer.observability.metrics import (
 )
 from consumer.outcomes.codec import encode_outcome
 from consumer.outcomes.model import Outcome, OutcomeStatus, SourcePosition
+from consumer.pipeline.dlq import DeadLetterWriter, headers_of
 from consumer.pipeline.handoff import RetryHandoff
 from consumer.pipeline.offsets import position
+from consumer.pipeline.outcome_writer import OutcomeWriter, source_header
 from consumer.pipeline.producer import AsyncProducer
 from consumer.pipeline.result import DeliveryResult, Verdict
 from consumer.pipeline.retry import RetryRecord, schedule
+from consumer.pipeline.schema_fetch import OffLoopSchemas
 from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
-#: A DLQ record (key, value and headers) stays under this size: the producer's default limit is
-#: 1,000,000 bytes, and a record the consumer refused for its size must still reach the DLQ.
-DLQ_MAX_RECORD_BYTES = 990_000
-DLQ_MAX_KEY_BYTES = 10_000
 
 
 class MatchedRule(Protocol):
@@ -88,19 +86,23 @@ class RecordProcessor:
         self.handoff = handoff
         self.already_delivered = already_delivered
         self.mail_slots = asyncio.Semaphore(settings.pipeline.max_in_flight)
+        self.outcomes = OutcomeWriter(producer, settings.topics.outcomes)
+        self.dead_letters = DeadLetterWriter(producer, settings.topics.dlq)
+        lookup = decoder.writer_schema
+        self.schemas = OffLoopSchemas(lookup) if lookup is not None else None
         self._consumed: dict[tuple[Platform, str], Any] = {}
 
     # --- events ---------------------------------------------------------------------------------------
     def start_event(self, msg: Message, topic: str) -> Coroutine[Any, Any, None] | None:
         """Decode and match an event record (of ``topic``) synchronously: None when that is all it
-        needs (no rule matched), else the coroutine that finishes it (deliveries, the DLQ, or decoding
-        again later while the Schema Registry is unavailable). Same effects as :meth:`process_event`,
-        without a task for the records that match nothing."""
+        needs (no rule matched), else the coroutine that finishes it (deliveries, the DLQ, or the
+        writer schema's fetch from the Schema Registry, which never runs on the event loop). Same
+        effects as :meth:`process_event`, without a task for the records that match nothing."""
         platform = self.platforms[topic]
         try:
-            event = self.decoder.decode(platform, msg.value(), _headers(msg))
-        except RegistryUnavailableError as exc:
-            return self._process_decoded(msg, platform, self._decode_later(platform, msg, exc))
+            event = self.decoder.decode(platform, msg.value(), headers_of(msg), fetch=False)
+        except SchemaFetchNeeded as need:
+            return self._process_decoded(msg, platform, self._decode_fetched(platform, msg, need.schema_id))
         except CodecError as exc:
             return self._rejected(msg, platform, exc)
         matched = self._match(platform, event)
@@ -110,8 +112,9 @@ class RecordProcessor:
 
     async def process_event(self, msg: Message) -> None:
         topic, _, _ = position(msg)
-        platform = self.platforms[topic]
-        await self._process_decoded(msg, platform, self._decode(platform, msg))
+        coro = self.start_event(msg, topic)
+        if coro is not None:
+            await coro
 
     async def _process_decoded(
         self, msg: Message, platform: Platform, decoding: Coroutine[Any, Any, Event]
@@ -156,25 +159,14 @@ class RecordProcessor:
             work.append(self.deliver(event, rule, origin, attempts_before=0, first_failed_at=None))
         await asyncio.gather(*work)
 
-    async def _decode(self, platform: Platform, msg: Message) -> Event:
-        """Decode; while the Schema Registry is unreachable, wait and try again (backpressure: the
-        partition's commits stop here) instead of sending good records to the DLQ."""
-        try:
-            return self.decoder.decode(platform, msg.value(), _headers(msg))
-        except RegistryUnavailableError as exc:
-            return await self._decode_later(platform, msg, exc)
-
-    async def _decode_later(self, platform: Platform, msg: Message, error: RegistryUnavailableError) -> Event:
-        """The retries of :meth:`_decode` after its first attempt failed with ``error``."""
-        delay = 0.5
-        while True:
-            log.warning("schema registry unavailable; retrying", extra={"error": str(error)[:300]})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-            try:
-                return self.decoder.decode(platform, msg.value(), _headers(msg))
-            except RegistryUnavailableError as exc:
-                error = exc
+    async def _decode_fetched(self, platform: Platform, msg: Message, schema_id: int) -> Event:
+        """Decode once the writer schema is fetched (off the loop). While the Schema Registry is
+        unavailable this waits (backpressure: the partition's commits stop here) instead of sending
+        good records to the DLQ; an answer about this schema id alone raises CodecError (the DLQ)."""
+        if self.schemas is None:  # decode() asks for a fetch only when a lookup exists
+            raise CodecError(f"schema id {schema_id}: no schema registry is set")
+        writer = await self.schemas.get(schema_id)
+        return self.decoder.decode(platform, msg.value(), headers_of(msg), writer=writer)
 
     # --- retries --------------------------------------------------------------------------------------
     async def process_retry(self, msg: Message) -> None:
@@ -223,6 +215,7 @@ class RecordProcessor:
         attempts_before: int,
         first_failed_at: datetime | None,
     ) -> None:
+        await self.outcomes.wait_writable()  # no mail without a way to record it
         async with self.mail_slots:
             MAILS_IN_FLIGHT.inc()
             try:
@@ -239,10 +232,13 @@ class RecordProcessor:
                 MAILS_IN_FLIGHT.dec()
         connection = _metric_label(result.connection)
         status = OutcomeStatus.SENT
+        ids = {"event_id": event.event_id, "rule_id": rule.rule_id, "attempts": result.attempts}
         if result.verdict is Verdict.SENT:
             MAILS_SENT.labels(connection=connection).inc()
             END_TO_END_SECONDS.labels(platform=event.platform.value).observe(_age_seconds(event))
+            log.info("mail sent", extra={**ids, "message_id": result.message_id, "code": result.smtp_code})
         elif result.verdict is Verdict.TRANSIENT:
+            now = datetime.now(UTC)
             retry = schedule(
                 event,
                 rule.rule_id,
@@ -251,23 +247,34 @@ class RecordProcessor:
                 result.error or "transient failure",
                 first_failed_at,
                 self.settings.pipeline.retry_deadline_seconds,
+                now=now,
                 base_delay=self.settings.pipeline.retry_base_seconds,
+                not_before=result.retry_after or 0.0,
             )
             if retry is not None:
+                wait = (retry.due_at - now).total_seconds()
+                result.error = f"{result.error or 'transient failure'}; next attempt in {wait:.1f}s"
                 MAILS_RETRIED.labels(connection=connection, reason=result.reason or "transient").inc()
                 outcome = self._outcome(event, rule, result, OutcomeStatus.RETRYING, origin)
                 await self.handoff.handoff(
                     (self.topics.retry, event.event_id.encode(), retry.encode()),
                     (self.topics.outcomes, rule.rule_id.encode(), encode_outcome(outcome)),
+                    outcome_headers=source_header(origin),
                 )
                 OUTCOMES_WRITTEN.labels(status=OutcomeStatus.RETRYING.value).inc()
+                log.info("mail retried later", extra={**ids, "error": result.error[:300], "due_in": wait})
                 return
             status = OutcomeStatus.FAILED
             result.error = f"gave up after {result.attempts} attempts: {result.error}"
             MAILS_FAILED.labels(connection=connection, reason="deadline").inc()
+            log.warning("mail failed", extra={**ids, "error": result.error[:300], "reason": "deadline"})
         else:
             status = OutcomeStatus.FAILED
             MAILS_FAILED.labels(connection=connection, reason=result.reason or "permanent").inc()
+            log.warning(
+                "mail failed",
+                extra={**ids, "error": (result.error or "")[:300], "reason": result.reason or "permanent"},
+            )
         if rule.warnings_enabled:
             BILLABLE_EVENTS.inc()
         await self.write_outcome(self._outcome(event, rule, result, status, origin))
@@ -297,54 +304,21 @@ class RecordProcessor:
         )
 
     async def write_outcome(self, outcome: Outcome) -> None:
-        await self.producer.send(self.topics.outcomes, encode_outcome(outcome), key=outcome.rule_id.encode())
-        OUTCOMES_WRITTEN.labels(status=outcome.status.value).inc()
+        await self.outcomes.write(outcome)
 
     async def dead_letter(self, msg: Message, error: str) -> None:
-        topic, partition, offset = position(msg)
-        where = f"{topic}:{partition}:{offset}"
-        headers: list[tuple[str, bytes | str]] = [
-            (k, v) for k, v in _headers(msg) if v is not None and not k.startswith("eventmail.")
-        ]
-        headers += [("eventmail.error", error[:1000].encode()), ("eventmail.source", where.encode())]
-        value, key = msg.value(), msg.key()
-        if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
-            headers.append(("eventmail.key_truncated_from", str(len(key)).encode()))
-            key = key[:DLQ_MAX_KEY_BYTES]
-        if value is not None and len(value) > _dlq_room(key, headers):
-            # Kafka would refuse the record as it came (it was refused for its size): keep its start,
-            # and say how long it was; the source offset points at the whole record while it is retained.
-            headers.append(("eventmail.truncated_from", str(len(value)).encode()))
-            value = value[: _dlq_room(key, headers)]
-        await self.producer.send(self.topics.dlq, value, key=key, headers=headers)
-        DLQ_RECORDS.labels(source=topic).inc()
-        log.warning("record sent to the DLQ", extra={"error": error[:300], "source": where})
-
-
-def _dlq_room(key: bytes | None, headers: list[tuple[str, bytes | str]]) -> int:
-    """How many value bytes a DLQ record with this key and these headers may carry (a record's
-    framing, and each header's, counted generously)."""
-    framing = 64 + sum(len(k) + len(v) + 8 for k, v in headers)
-    return max(0, DLQ_MAX_RECORD_BYTES - len(key or b"") - framing)
-
-
-def _headers(msg: Message) -> list[tuple[str, bytes | str | None]]:
-    raw = msg.headers()
-    if raw is None:
-        return []
-    if isinstance(raw, dict):
-        return list(raw.items())
-    return list(raw)
+        await self.dead_letters.write(msg, error)
 
 
 def _metric_label(connection: str | None) -> str:
     """The ``connection`` label, as the transport's metrics use it: the ESP connection's name, or
-    ``manual`` for every manual connection (their hosts come from rules: an unbounded set)."""
+    for ``manual:HOST:PORT`` the bounded :func:`~consumer.mail.params.manual_label`."""
     if connection is None:
         return "unknown"
     if connection.startswith("esp:"):
         return connection[len("esp:") :]
-    return "manual"
+    host, _, port = connection.removeprefix("manual:").rpartition(":")
+    return manual_label(host, int(port)) if host and port.isdigit() else "manual"
 
 
 def _age_seconds(event: Event) -> float:

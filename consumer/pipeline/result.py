@@ -27,3 +27,5 @@ class DeliveryResult:
     empty_placeholders: list[str] = field(default_factory=list)
     #: A short, bounded reason class for metrics labels (e.g. "smtp_4xx", "timeout", "render").
     reason: str = ""
+    #: The earliest sensible next attempt, in seconds (an open circuit's remaining time), if known.
+    retry_after: float | None = None

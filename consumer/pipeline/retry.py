@@ -69,8 +69,11 @@ class RetryRecord:
 
 
 def next_delay(attempts: int, base: float = BASE_DELAY_SECONDS, cap: float = MAX_DELAY_SECONDS) -> float:
-    """Exponential backoff with jitter in [50 %, 100 %] of the step: retries spread, never bunch."""
-    step = min(cap, base * (2 ** max(0, attempts - 1)))
+    """Exponential backoff with jitter in [50 %, 100 %] of the step: retries spread, never bunch.
+
+    ``attempts`` is the number of attempts made so far (at least 1 once a delivery failed): the
+    first retry waits about ``base``, each later one twice as long, up to ``cap``."""
+    step = min(cap, base * (2 ** min(64, max(0, attempts - 1))))
     return float(step * (0.5 + random.random() / 2))
 
 
@@ -84,11 +87,16 @@ def schedule(
     deadline_seconds: float,
     now: datetime | None = None,
     base_delay: float = BASE_DELAY_SECONDS,
+    not_before: float = 0.0,
 ) -> RetryRecord | None:
-    """The next retry, or None when the deadline would be passed (the delivery has failed)."""
+    """The next retry, or None when the deadline would be passed (the delivery has failed).
+
+    The delay grows with ``attempts`` (:func:`next_delay`) and is at least ``not_before`` seconds
+    (e.g. the time an open circuit still refuses sends)."""
     now = now or datetime.now(UTC)
     first = first_failed_at or now
-    due = now + timedelta(seconds=next_delay(attempts, base_delay))
+    delay = max(next_delay(attempts, base_delay), min(not_before, MAX_DELAY_SECONDS))
+    due = now + timedelta(seconds=delay)
     if (due - first).total_seconds() > deadline_seconds:
         return None
     return RetryRecord(event, rule_id, attempts, due, first, origin, error)

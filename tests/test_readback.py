@@ -1,0 +1,165 @@
+"""The outcome read-back after an assignment, and the retry hand-off's transactions, on the real broker.
+
+- Outcomes are told apart by their ``eventmail.source`` header, without decoding; outcomes without
+  it (written before it existed) are still decoded and counted.
+- A read-back that runs out of time returns what it read and logs it: never an exception that
+  fails the assignment (which crash-loops the group).
+- A hand-off transaction left open by a killed process is aborted as soon as a process with the same
+  (stable) transactional id starts, so the outcomes behind it are read at once, not after the
+  transaction timeout.
+- A hand-off cancelled while its transaction thread runs does not let the next one begin meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Producer
+
+from consumer.outcomes.codec import encode_outcome
+from consumer.outcomes.model import Outcome, OutcomeStatus, SourcePosition
+from consumer.pipeline.dedup import read_delivered
+from consumer.pipeline.handoff import RetryHandoff
+from consumer.pipeline.outcome_writer import source_header
+from tests.chaos_support import read_topic
+from tests.support.kafka import TopicFactory
+
+SOURCE = "lms.events"
+
+
+def _outcome(rule: str, partition: int, offset: int, status: OutcomeStatus = OutcomeStatus.SENT) -> Outcome:
+    return Outcome(
+        event_id=f"ev-{partition}-{offset}",
+        rule_id=rule,
+        status=status,
+        source=SourcePosition(topic=SOURCE, partition=partition, offset=offset),
+    )
+
+
+def _write(
+    bootstrap: str, topic: str, outcomes: list[Outcome], headers: bool = True, partition: int = 0
+) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000})
+    for outcome in outcomes:
+        producer.produce(
+            topic,
+            key=outcome.rule_id.encode(),
+            value=encode_outcome(outcome),
+            headers=source_header(outcome.source) if headers else None,
+            partition=partition,
+        )
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def test_outcomes_are_selected_by_their_source_header_and_old_ones_decoded(
+    kafka_bootstrap: str, topic_factory: TopicFactory
+) -> None:
+    topic = topic_factory("outcomes", 2)
+    _write(kafka_bootstrap, topic, [_outcome("r-a", 0, n) for n in range(0, 40)])  # partition 0: 0..39
+    _write(kafka_bootstrap, topic, [_outcome("r-b", 1, n) for n in range(0, 40)], partition=1)  # not ours
+    _write(kafka_bootstrap, topic, [_outcome("r-old", 0, 30)], headers=False)  # before the header existed
+    _write(kafka_bootstrap, topic, [_outcome("r-cfg", 0, 35, OutcomeStatus.CONFIG_ERROR)], headers=False)
+    found = read_delivered({"bootstrap.servers": kafka_bootstrap}, topic, {(SOURCE, 0): 25}, 600)
+    assert set(found) == {(SOURCE, 0)}
+    assert sorted(found[(SOURCE, 0)]) == list(range(25, 40))
+    assert found[(SOURCE, 0)][30] == {"r-a", "r-old"}
+    assert found[(SOURCE, 0)][35] == {"r-a"}
+
+
+def test_a_read_back_out_of_time_returns_what_it_read_and_says_so(
+    kafka_bootstrap: str, topic_factory: TopicFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = topic_factory("outcomes-many", 1)
+    _write(kafka_bootstrap, topic, [_outcome("r", 0, n) for n in range(20_000)])
+    with caplog.at_level(logging.INFO, logger="consumer.pipeline.dedup"):
+        found = read_delivered(
+            {"bootstrap.servers": kafka_bootstrap}, topic, {(SOURCE, 0): 0}, 600, timeout=0.05
+        )
+    assert len(found.get((SOURCE, 0), {})) < 20_000
+    assert any("did not finish in time" in r.getMessage() for r in caplog.records)
+    started = time.monotonic()
+    found = read_delivered({"bootstrap.servers": kafka_bootstrap}, topic, {(SOURCE, 0): 0}, 600)
+    elapsed = time.monotonic() - started
+    assert len(found[(SOURCE, 0)]) == 20_000
+    print(f"read-back of 20,000 outcomes (all of the assigned partition): {elapsed:.2f}s")
+
+
+KILLED_TRANSACTION = textwrap.dedent(
+    """
+    import os, signal, sys
+    from confluent_kafka import Producer
+    from consumer.outcomes.codec import encode_outcome
+    from consumer.outcomes.model import Outcome, OutcomeStatus, SourcePosition
+    bootstrap, topic, tx_id = sys.argv[1:4]
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": tx_id, "linger.ms": 0})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    outcome = Outcome(rule_id="r-open", status=OutcomeStatus.RETRYING,
+                      source=SourcePosition(topic="lms.events", partition=0, offset=1))
+    producer.produce(topic, key=b"r-open", value=encode_outcome(outcome), partition=0)
+    producer.flush(30)
+    print("open", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_a_transaction_left_open_by_a_killed_process_is_fenced_by_its_successor(
+    kafka_bootstrap: str, topic_factory: TopicFactory
+) -> None:
+    topic = topic_factory("outcomes-tx", 1)
+    tx_id = f"g-{uuid.uuid4().hex[:8]}.retry.host.1"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_TRANSACTION, kafka_bootstrap, topic, tx_id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert killed.stdout.strip() == "open", killed.stderr
+    _write(kafka_bootstrap, topic, [_outcome("r-later", 0, n) for n in range(2, 12)])  # behind the open one
+    config = {"bootstrap.servers": kafka_bootstrap}
+    started = time.monotonic()
+    successor = RetryHandoff(config, "unused", tx_id=tx_id)  # the restarted process: same id
+    try:
+        found: dict[int, set[str]] = {}
+        while time.monotonic() - started < 12:  # well inside the broker's default 60 s timeout
+            found = read_delivered(config, topic, {(SOURCE, 0): 0}, 600, timeout=2).get((SOURCE, 0), {})
+            if len(found) >= 10:
+                break
+        assert sorted(found) == list(range(2, 12))
+        assert 1 not in found  # the killed process's outcome was aborted, never committed
+    finally:
+        successor.close()
+
+
+def test_a_cancelled_hand_off_does_not_let_the_next_one_begin_meanwhile(
+    kafka_bootstrap: str, topic_factory: TopicFactory
+) -> None:
+    outcomes, retry = topic_factory("outcomes-c", 1), topic_factory("retry-c", 1)
+    handoff = RetryHandoff({"bootstrap.servers": kafka_bootstrap}, f"g-{uuid.uuid4().hex[:8]}")
+
+    async def scenario() -> None:
+        for n in range(5):
+            first = asyncio.create_task(
+                handoff.handoff((retry, b"k", f"r{n}a".encode()), (outcomes, b"k", f"o{n}a".encode()))
+            )
+            await asyncio.sleep(0)  # let it start its transaction thread
+            await asyncio.sleep(0)
+            first.cancel()
+            await handoff.handoff((retry, b"k", f"r{n}b".encode()), (outcomes, b"k", f"o{n}b".encode()))
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        handoff.close()
+    values = {m.value() for m in read_topic(kafka_bootstrap, outcomes)}
+    assert {f"o{n}b".encode() for n in range(5)} <= values
