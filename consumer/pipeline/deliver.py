@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from consumer.errors import SecretError
 from consumer.events.model import Event
-from consumer.mail.errors import MessageError, PermanentSendError, RenderError, TransientSendError
+from consumer.mail.errors import (
+    CircuitOpenError,
+    MessageError,
+    PermanentSendError,
+    RenderError,
+    TransientSendError,
+)
 from consumer.mail.message import BuiltMessage, build_message
 from consumer.mail.params import ConnectionParams
 from consumer.mail.render import render
@@ -82,8 +88,12 @@ class MailDeliverer:
         except (TransientSendError, PermanentSendError) as exc:
             transient = isinstance(exc, TransientSendError)
             result.verdict = Verdict.TRANSIENT if transient else Verdict.FAILED
-            result.attempts = attempts_before + exc.attempts
+            # A delivery refused by an open circuit made an attempt too: else its retry backoff never grows.
+            result.attempts = attempts_before + max(1, exc.attempts)
             result.error, result.smtp_code, result.reason = str(exc), exc.code, exc.reason
+            if isinstance(exc, CircuitOpenError):  # no retry before the circuit admits a probe
+                result.error = f"{exc.connection}: circuit open after repeated failures"
+                result.retry_after = exc.retry_after
             return result
         result.attempts = attempts_before + sent.attempts
         result.smtp_code = sent.code
