@@ -8,6 +8,7 @@ import json
 from click.testing import CliRunner
 
 from consumer.cli.main import _mount, cli
+from consumer.mail.message import allow_special_use_domains
 from tests.clirun import run_cli
 from tests.support.smtp import CertificateAuthority, SMTPServerFactory, SMTPTestServer
 
@@ -127,5 +128,82 @@ def test_usage_errors() -> None:
     assert "to[0].email: 'not-an-address' is not a valid address" in bad_to.err
     no_from = run_cli([*manual, "--to", "a@example.com"], {"EVENTMAIL_ALERTS__SENDER": "eventmail@localhost"})
     assert no_from.code == 1
-    assert "sender.email" in no_from.err
     assert "pass --from ADDR" in no_from.err
+    assert "EVENTMAIL_ALERTS__SENDER 'eventmail@localhost' is not a valid sender" in no_from.err
+
+
+def test_a_named_connection_trusts_the_ca_file_settings_as_the_service_does(
+    smtp_server_factory: SMTPServerFactory, smtp_ca: CertificateAuthority
+) -> None:
+    server = smtp_server_factory("ssl")
+    args = ["smtp", "test", "--connection", "default", "--to", "ops@example.com", "--from", "s@example.com"]
+    ssl_esp = {"host": "localhost", "port": server.port, "encryption": "ssl"}
+    untrusted = run_cli(args, {"EVENTMAIL_ESP_CONNECTIONS": json.dumps({"default": ssl_esp})})
+    assert untrusted.code == 1
+    assert "set EVENTMAIL_SMTP__CA_FILE (or EVENTMAIL_ESP_CONNECTIONS' default.ca_file)" in untrusted.err
+    global_ca = run_cli(
+        args,
+        {
+            "EVENTMAIL_ESP_CONNECTIONS": json.dumps({"default": ssl_esp}),
+            "EVENTMAIL_SMTP__CA_FILE": str(smtp_ca.ca_pem),
+        },
+    )
+    assert global_ca.code == 0, global_ca.err
+    own_ca = {**ssl_esp, "ca_file": str(smtp_ca.ca_pem)}
+    own = run_cli(args, {"EVENTMAIL_ESP_CONNECTIONS": json.dumps({"default": own_ca})})
+    assert own.code == 0, own.err
+    manual = ["smtp", "test", "--host", "localhost", "--port", str(server.port), "--encryption", "ssl"]
+    manual += ["--to", "ops@example.com", "--from", "s@example.com"]
+    by_host = run_cli(manual, {"EVENTMAIL_SMTP__CA_FILE": str(smtp_ca.ca_pem)})
+    assert by_host.code == 0, by_host.err
+    assert by_host.out.startswith("connection manual-")  # the label the service's metrics use
+    assert len(server.wait_for(3)) == 3
+
+
+def test_default_sender_is_a_valid_address_or_a_clear_request_for_from(
+    smtp_server_factory: SMTPServerFactory,
+) -> None:
+    server = smtp_server_factory("auth", users={"mailer@internal": "pw-7"})
+    args = ["smtp", "test", "--host", server.host, "--port", str(server.port), "--encryption", "none"]
+    args += ["--login", "mailer@internal", "--to", "ops@example.com"]
+    password = {"EVENTMAIL_SMTP_PASSWORD": "pw-7"}
+    # The login looks like an address but is not a valid one: the alerts' sender is used.
+    fallback = run_cli(args, {**password, "EVENTMAIL_ALERTS__SENDER": "alerts@example.com"})
+    assert fallback.code == 0, fallback.err
+    assert [m.mail_from for m in server.wait_for(1)] == ["alerts@example.com"]
+    # Neither is valid (the default alerts sender is at localhost): one line saying what to pass.
+    neither = run_cli(args, password)
+    assert neither.code == 1
+    assert neither.err.strip().splitlines() == [
+        "eventmail: smtp test: pass --from ADDR (the login is not an address and "
+        "EVENTMAIL_ALERTS__SENDER 'eventmail@localhost' is not a valid sender)"
+    ]
+    assert server.connections == 1  # refused before connecting
+
+
+def test_allowed_special_use_domains_setting(smtp_server: SMTPTestServer) -> None:
+    args = ["smtp", "test", "--host", smtp_server.host, "--port", str(smtp_server.port)]
+    args += ["--encryption", "none", "--to", "ops@mail.test", "--from", "alerts@corp.test"]
+    refused = run_cli(args)
+    assert refused.code == 1
+    assert "EVENTMAIL_SMTP__ALLOWED_SPECIAL_USE_DOMAINS" in refused.err
+    try:
+        allowed = run_cli(args, {"EVENTMAIL_SMTP__ALLOWED_SPECIAL_USE_DOMAINS": '["test"]'})
+    finally:
+        allow_special_use_domains(())
+    assert allowed.code == 0, allowed.err
+    [received] = smtp_server.wait_for(1)
+    assert (received.mail_from, received.rcpt_tos) == ("alerts@corp.test", ["ops@mail.test"])
+    bad = run_cli(args, {"EVENTMAIL_SMTP__ALLOWED_SPECIAL_USE_DOMAINS": '["corp"]'})
+    assert bad.code == 1
+    assert "EVENTMAIL_SMTP__ALLOWED_SPECIAL_USE_DOMAINS" in bad.err
+    assert "'corp' is not a special-use domain" in bad.err
+
+
+def test_starttls_against_an_implicit_tls_port_hints_ssl(smtp_server_factory: SMTPServerFactory) -> None:
+    server = smtp_server_factory("ssl")
+    args = ["smtp", "test", "--host", server.host, "--port", str(server.port), "--encryption", "tls"]
+    args += ["--to", "ops@example.com", "--from", "s@example.com"]
+    result = run_cli(args, {"EVENTMAIL_SMTP__CONNECT_TIMEOUT_SECONDS": "0.5"})
+    assert result.code == 1
+    assert "use encryption ssl" in result.err

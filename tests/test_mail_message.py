@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import email.utils
+import quopri
 import re
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -209,6 +212,45 @@ def test_display_names_that_look_like_addresses_stay_names() -> None:
     addresses = parsed["To"].addresses
     assert [a.addr_spec for a in addresses] == ["ops@example.com"]
     assert addresses[0].display_name == '"evil" <evil@attacker.example>, x@y.example'
+
+
+def encoded_word(text: str, form: str = "b") -> str:
+    """``text`` as one RFC 2047 encoded word, as an attacker would put it into a display name."""
+    if form == "b":
+        return f"=?utf-8?b?{base64.b64encode(text.encode()).decode('ascii')}?="
+    return f"=?utf-8?q?{quopri.encodestring(text.encode(), header=True).decode('ascii')}?="
+
+
+SPOOFS = ['"Evil" <evil@x.com>', "Evil <evil@x.com>,", "evil@x.com", "<evil@x.com>", '"a" <b@c.com>, d@x.com']
+
+
+@pytest.mark.parametrize("form", ["b", "q"])
+@pytest.mark.parametrize("spoof", SPOOFS)
+def test_encoded_word_display_names_cannot_spoof_the_sender(spoof: str, form: str) -> None:
+    name = encoded_word(spoof, form)
+    built = build(sender=A("sales@example.com", name), to=(A("ops@example.com", name),))
+    for parser in (email.policy.default, email.policy.compat32):
+        parsed = email.message_from_bytes(built.data, policy=parser)
+        for header, address in (("From", "sales@example.com"), ("To", "ops@example.com")):
+            assert email.utils.getaddresses([str(parsed[header])]) == [(spoof, address)], built.data
+    assert [a.addr_spec for a in parse(built)["From"].addresses] == ["sales@example.com"]
+    assert built.sender == "sales@example.com"
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=60), form=st.sampled_from(["b", "q"]))
+def test_no_encoded_display_name_adds_an_address(text: str, form: str) -> None:
+    outcome: BuiltMessage | MessageError
+    try:
+        outcome = build(sender=A("sales@example.com", encoded_word(text, form)))
+    except MessageError as exc:
+        outcome = exc
+    if isinstance(outcome, MessageError):
+        assert outcome.field == "sender.name"
+        return
+    built = outcome
+    parsed = email.message_from_bytes(built.data, policy=email.policy.default)
+    assert [a.addr_spec for a in parsed["From"].addresses] == ["sales@example.com"]
 
 
 @settings(max_examples=300, deadline=None)

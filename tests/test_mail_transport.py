@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections import Counter
 
@@ -27,6 +28,7 @@ from consumer.mail import (
 )
 from consumer.mail.circuit import CircuitBreaker, CircuitState
 from consumer.mail.message import BuiltMessage
+from consumer.mail.params import MANUAL_OTHER, MAX_MANUAL_LABELS, ManualLabels, manual_label
 from consumer.settings import Encryption, EspConnection, SmtpSettings
 from tests.support.smtp import CertificateAuthority, SMTPServerFactory, SMTPTestServer
 
@@ -298,7 +300,8 @@ async def test_circuit_opens_after_repeated_failures_then_probes(
         update={"in_place_retries": 0, "circuit_failures": 3, "circuit_open_seconds": 0.3}
     )
     params = params_for(server, "circuit")
-    async with Transport(settings) as transport:
+    now = [100.0]
+    async with Transport(settings, clock=lambda: now[0]) as transport:
         for n in range(3):
             with pytest.raises(TransientSendError) as caught:
                 await send(transport, params, message(n))
@@ -309,7 +312,10 @@ async def test_circuit_opens_after_repeated_failures_then_probes(
         assert opened.value.attempts == 0
         assert 0 < opened.value.retry_after <= 0.3
         assert server.attempts == 3  # the open circuit did not reach the server
-        await asyncio.sleep(0.35)
+        now[0] += 0.29
+        with pytest.raises(CircuitOpenError):  # still open just before its time
+            await send(transport, params, message(3))
+        now[0] += 0.02
         result = await send(transport, params, message(4))  # the half-open probe
         assert result.code == 250
         assert metric("eventmail_smtp_circuit_open", "circuit") == 0
@@ -402,7 +408,8 @@ def test_connection_params() -> None:
     assert hash(params) == hash(same)
     assert params != other_password
     manual = ConnectionParams.manual("smtp.example.com", 587, "tls", "u", "pw-3")
-    assert manual.name == "manual"
+    assert manual.name == manual_label("smtp.example.com", 587)
+    assert manual.name.startswith("manual-")
     assert manual.secret() == "pw-3"
     assert "pw-3" not in repr(manual)
     with pytest.raises(ValueError, match="port"):
@@ -431,3 +438,161 @@ def test_half_open_circuit_admits_exactly_one_probe() -> None:
     assert breaker.state is CircuitState.CLOSED
     assert breaker.before() is False
     assert metric("eventmail_smtp_circuit_open", "unit-circuit") == 0
+
+
+async def test_circuits_are_per_server_and_metrics_tell_manual_servers_apart(
+    smtp_server_factory: SMTPServerFactory,
+) -> None:
+    broken, healthy = smtp_server_factory("plain"), smtp_server_factory("plain")
+    broken.stop()
+    settings = FAST.model_copy(update={"in_place_retries": 0, "circuit_failures": 2})
+    down = ConnectionParams.manual(broken.host, broken.port, "none")
+    up = ConnectionParams.manual(healthy.host, healthy.port, "none")
+    assert down.name != up.name
+    assert down.name.startswith("manual-")
+    assert up.name.startswith("manual-")
+    async with Transport(settings) as transport:
+        for _ in range(2):
+            with pytest.raises(ConnectionDroppedError):
+                await send(transport, down, message())
+        with pytest.raises(CircuitOpenError):
+            await send(transport, down, message())
+        # Another rule naming the same server (host, port, login) shares its circuit ...
+        same_server = dataclasses.replace(down, max_connections=2, ca_file="/elsewhere.pem")
+        with pytest.raises(CircuitOpenError):
+            await send(transport, same_server, message())
+        # ... a different server does not: its mail goes through and its gauge stays down.
+        assert (await send(transport, up, message(2))).code == 250
+        assert metric("eventmail_smtp_circuit_open", down.name) == 1
+        assert metric("eventmail_smtp_circuit_open", up.name) == 0
+        assert metric("eventmail_smtp_send_duration_seconds_count", up.name) == 1
+    assert len(await healthy.wait_for_async(1)) == 1
+
+
+def test_manual_labels_are_bounded() -> None:
+    labels = ManualLabels(limit=8)
+    given = [labels.label(f"relay-{n}.example.com", 25) for n in range(20)]
+    assert given[8:] == [MANUAL_OTHER] * 12
+    assert len(set(given[:8])) == 8
+    assert labels.label("Relay-0.example.com", 25) == given[0] == manual_label("relay-0.example.com", 25)
+    assert MAX_MANUAL_LABELS >= 8
+
+
+async def test_circuit_state_changes_are_logged_once_each(
+    smtp_server_factory: SMTPServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = smtp_server_factory("plain")
+    server.stop()
+    settings = FAST.model_copy(
+        update={"in_place_retries": 0, "circuit_failures": 2, "circuit_open_seconds": 5.0}
+    )
+    params = params_for(server, "logged")
+    now = [0.0]
+    caplog.set_level(logging.INFO, logger="consumer.mail.circuit")
+    async with Transport(settings, clock=lambda: now[0]) as transport:
+        for _ in range(2):
+            with pytest.raises(ConnectionDroppedError):
+                await send(transport, params, message())
+        for _ in range(3):  # refused while open: no log line per attempt
+            with pytest.raises(CircuitOpenError):
+                await send(transport, params, message())
+        server.start()
+        now[0] += 5.1
+        assert (await send(transport, params, message(2))).code == 250
+        assert (await send(transport, params, message(3))).code == 250
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "consumer.mail.circuit"]
+    assert [level for level, _ in lines] == ["WARNING", "INFO", "INFO"], lines
+    opened, half_open, closed = (text for _, text in lines)
+    assert f"SMTP circuit of logged ({server.address}) opened after 2 consecutive failures" in opened
+    assert "last error: logged: connection to" in opened
+    assert "half-open" in half_open
+    assert server.address in half_open
+    assert "closed" in closed
+    assert server.address in closed
+    assert caplog.records[0].__dict__["connection"] == "logged"
+
+
+async def test_every_recipient_greylisted_does_not_open_the_circuit(
+    smtp_server_factory: SMTPServerFactory,
+) -> None:
+    greylisted = ["a@example.com", "b@example.com"]
+    server = smtp_server_factory("reject_rcpt", reject_rcpt=greylisted, reject_rcpt_code=450)
+    settings = FAST.model_copy(update={"in_place_retries": 0, "circuit_failures": 2})
+    params = params_for(server, "greylist")
+    built = build_message(
+        Rendered("s", "b\n", None),
+        sender=MailAddress("sales@example.com"),
+        to=[MailAddress(a) for a in greylisted],
+        event_id="ev-grey",
+        rule_id="r-grey",
+    )
+    async with Transport(settings) as transport:
+        for n in range(4):
+            with pytest.raises(TransientSendError) as caught:
+                await send(transport, params, built)
+            assert caught.value.reason == "recipients_4xx"
+            assert server.attempts == n + 1  # every attempt reached the server
+            assert transport.circuit_state(params) is CircuitState.CLOSED
+        assert metric("eventmail_smtp_circuit_open", "greylist") == 0
+
+
+async def test_non_ascii_envelope_to_a_server_without_smtputf8(
+    smtp_server_factory: SMTPServerFactory,
+) -> None:
+    server = smtp_server_factory("plain", smtputf8=False)
+    params = params_for(server, "no-utf8")
+    built = build_message(
+        Rendered("s", "b\n", None),
+        sender=MailAddress("sales@example.com"),
+        to=[MailAddress("jürgen@example.com")],
+        event_id="ev-utf8",
+        rule_id="r-utf8",
+    )
+    assert built.smtputf8
+    async with Transport(FAST) as transport:
+        with pytest.raises(PermanentSendError, match="does not offer SMTPUTF8") as caught:
+            await send(transport, params, built)
+        assert caught.value.reason == "unsupported"
+        assert caught.value.attempts == 1  # permanent: not retried in place
+        assert server.attempts == 0  # refused before MAIL FROM
+        assert (await send(transport, params, message(2))).code == 250  # ASCII mail still goes
+    [received] = await server.wait_for_async(1)
+    assert "SMTPUTF8" not in received.mail_options
+
+
+async def test_ehlo_name_setting(smtp_server: SMTPTestServer) -> None:
+    settings = FAST.model_copy(update={"ehlo_hostname": "mailer.example.com"})
+    async with Transport(settings) as transport:
+        await send(transport, params_for(smtp_server, "ehlo"), message())
+    [received] = await smtp_server.wait_for_async(1)
+    assert received.ehlo == "mailer.example.com"
+
+
+async def test_starttls_mode_against_an_implicit_tls_port_says_use_ssl(
+    smtp_server_factory: SMTPServerFactory,
+) -> None:
+    server = smtp_server_factory("ssl")
+    settings = FAST.model_copy(update={"in_place_retries": 0, "connect_timeout_seconds": 0.5})
+    async with Transport(settings) as transport:
+        with pytest.raises(SendTimeoutError, match=r"implicit-TLS port, 465-style.*use encryption ssl"):
+            await send(transport, params_for(server, "wrong-mode", encryption=Encryption.TLS), message())
+        with pytest.raises(PermanentSendError, match="use encryption tls or none"):
+            await send(
+                transport,
+                params_for(smtp_server_factory("plain"), "wrong-ssl", encryption=Encryption.SSL),
+                message(),
+            )
+
+
+async def test_untrusted_certificate_names_the_setting_that_fixes_it(
+    smtp_server_factory: SMTPServerFactory, smtp_ca: CertificateAuthority
+) -> None:
+    server = smtp_server_factory("ssl")
+    manual = ConnectionParams.manual(server.host, server.port, "ssl")
+    async with Transport(FAST) as transport:
+        with pytest.raises(PermanentSendError, match="not trusted") as caught:
+            await send(transport, manual, message())
+        assert "set EVENTMAIL_SMTP__CA_FILE (or the rule's action.connection.ca_file)" in str(caught.value)
+        trusted = dataclasses.replace(manual, ca_file=str(smtp_ca.ca_pem))
+        assert (await send(transport, trusted, message(2))).code == 250
+    await server.wait_idle_async()

@@ -14,6 +14,7 @@ from typing import NoReturn
 import click
 
 from consumer.errors import EventmailError
+from consumer.mail.message import allow_special_use_domains
 from consumer.settings import Settings, load_settings
 
 EXIT_OK = 0
@@ -30,6 +31,7 @@ class CliState:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(self.config_file)
+            allow_special_use_domains(self._settings.smtp.allowed_special_use_domains)
         return self._settings
 
 

@@ -4,6 +4,10 @@ The product's "test email" button for the command line: it prints each step (con
 the server's reply) and exits 1 with the server's reply when something fails. The password of manual
 parameters comes from ``EVENTMAIL_SMTP_PASSWORD`` or a hidden prompt; it is never echoed, printed or
 put in an error. It sends exactly one message and never retries in place.
+
+The connection is built by the code ``eventmail run`` uses (:mod:`consumer.mail.connections`): the
+connection's ``ca_file``, ``EVENTMAIL_SMTP__CA_FILE``, the EHLO name and the allowed special-use
+domains apply here as they do to the service's mail.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ import uuid
 from datetime import UTC, datetime
 
 import click
+from pydantic import SecretStr, ValidationError
 
 from consumer.cli.common import CliState, fail, pass_state
-from consumer.errors import MailError
+from consumer.errors import MailError, SecretError
+from consumer.mail.connections import connection_params
 from consumer.mail.errors import SendError
-from consumer.mail.message import MailAddress, build_message
+from consumer.mail.message import MailAddress, build_message, check_address
 from consumer.mail.params import ConnectionParams
 from consumer.mail.render import Rendered
 from consumer.mail.transport import SendResult, Transport
+from consumer.rules.model import EspConnectionRef, ManualConnection
 from consumer.settings import Encryption, Settings
 
 PASSWORD_ENV = "EVENTMAIL_SMTP_PASSWORD"  # noqa: S105 (the variable's name, not a password)
@@ -37,35 +44,64 @@ def _params(
     encryption: str | None,
     login: str | None,
 ) -> ConnectionParams:
+    """The connection as ``eventmail run`` builds it (:func:`connection_params`): same CA files,
+    same password handling, same metric label."""
     if connection and host:
         raise click.UsageError("give either --connection or --host, not both")
+    ref: EspConnectionRef | ManualConnection
+    password: SecretStr | None = None
     if connection:
         if port is not None or encryption is not None or login is not None:
             raise click.UsageError("--port, --encryption and --login go with --host, not --connection")
-        esp = settings.esp_connections.get(connection)
-        if esp is None:
+        if connection not in settings.esp_connections:
             known = ", ".join(sorted(settings.esp_connections)) or "none are configured"
             fail(f"--connection: no ESP connection named {connection!r} (EVENTMAIL_ESP_CONNECTIONS: {known})")
-        return ConnectionParams.from_esp(connection, esp)
-    if not host:
-        raise click.UsageError("give --connection NAME, or --host (with --port and --encryption)")
-    mode = Encryption(encryption or Encryption.TLS.value)
-    password: str | None = None
-    if login:
-        password = os.environ.get(PASSWORD_ENV)
-        if password is None:
-            password = click.prompt(f"SMTP password for {login}", hide_input=True, err=True)
-    return ConnectionParams.manual(
-        host, port or _DEFAULT_PORTS[mode], mode, login, password, name="manual", max_connections=1
-    )
+        ref = EspConnectionRef(type="esp", name=connection)
+    else:
+        if not host:
+            raise click.UsageError("give --connection NAME, or --host (with --port and --encryption)")
+        mode = Encryption(encryption or Encryption.TLS.value)
+        if login:
+            typed = os.environ.get(PASSWORD_ENV)
+            if typed is None:
+                typed = click.prompt(f"SMTP password for {login}", hide_input=True, err=True)
+            password = SecretStr(typed)
+        try:
+            ref = ManualConnection(
+                type="manual", host=host, port=port or _DEFAULT_PORTS[mode], encryption=mode, login=login
+            )
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem.get("loc", ())) or "connection"
+            fail(f"--{where}: {problem.get('msg')}")
+    try:
+        return connection_params(settings, ref, password=password)
+    except SecretError as exc:
+        fail(f"smtp test: {exc}")
 
 
 def _sender(explicit: str | None, params: ConnectionParams, settings: Settings) -> str:
+    """``--from``, else the login when it is an address, else the alerts' sender when it is a valid
+    address; else a clear message that ``--from`` is needed."""
     if explicit:
         return explicit
-    if params.login and "@" in params.login:
+    if params.login and _valid_address(params.login):
         return params.login
-    return settings.alerts.sender
+    fallback = settings.alerts.sender
+    if _valid_address(fallback):
+        return fallback
+    return fail(
+        "smtp test: pass --from ADDR (the login is not an address and EVENTMAIL_ALERTS__SENDER "
+        f"{fallback!r} is not a valid sender)"
+    )
+
+
+def _valid_address(text: str) -> bool:
+    try:
+        check_address("sender", MailAddress(text))
+    except MailError:
+        return False
+    return True
 
 
 async def _send(
@@ -112,12 +148,17 @@ def smtp_group() -> None:
     "--login", metavar="L", help=f"AUTH user; the password is read from {PASSWORD_ENV} or a prompt."
 )
 @click.option("--to", "to", metavar="ADDR", required=True, multiple=True, help="Recipient (repeatable).")
-@click.option("--from", "from_", metavar="ADDR", help="Sender; default the login when it is an address.")
+@click.option(
+    "--from",
+    "from_",
+    metavar="ADDR",
+    help="Sender; default the login when it is an address, else EVENTMAIL_ALERTS__SENDER.",
+)
 @click.option("--subject", default="eventmail test message", show_default=True)
 @click.option(
     "--ca-file",
     type=click.Path(exists=True, dir_okay=False),
-    help="Trust this CA bundle (PEM) instead of the system's, for a private CA.",
+    help="Trust this CA bundle (PEM) instead of the connection's (its ca_file, EVENTMAIL_SMTP__CA_FILE).",
 )
 @click.option("--insecure", is_flag=True, help="Do not verify the server's TLS certificate.")
 @pass_state
@@ -144,8 +185,10 @@ def smtp_test(
     """
     settings = state.settings()
     params = _params(settings, connection, host, port, encryption, login)
-    if ca_file or insecure:
-        params = dataclasses.replace(params, ca_file=ca_file or params.ca_file, verify_tls=not insecure)
+    if ca_file:
+        params = dataclasses.replace(params, ca_file=ca_file, ca_source="--ca-file")
+    if insecure:
+        params = dataclasses.replace(params, verify_tls=False)
     sender = _sender(from_, params, settings)
     tls = "" if params.encryption is Encryption.NONE else f", verify {'off' if insecure else 'on'}"
     click.echo(
@@ -157,8 +200,7 @@ def smtp_test(
     except SendError as exc:
         fail(f"smtp test failed: {exc}")
     except MailError as exc:
-        hint = " (pass --from ADDR)" if from_ is None and getattr(exc, "field", "") == "sender.email" else ""
-        fail(f"smtp test: {exc}{hint}")
+        fail(f"smtp test: {exc}")
     for address, refusal in result.refused.items():
         click.echo(f"refused: {address}: {refusal}")
     click.echo(

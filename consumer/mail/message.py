@@ -30,6 +30,7 @@ from email.policy import default as email_policy_default
 from email.utils import format_datetime
 from typing import Any, Protocol, cast
 
+import email_validator
 from email_validator import EmailNotValidError, validate_email
 
 from consumer.mail.errors import MessageError
@@ -86,8 +87,16 @@ def _parsed(policy: _ReusingPolicy, name: str, value: str) -> BaseHeader:
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _folded(policy: _ReusingPolicy, name: str, header: BaseHeader) -> bytes:
     """``header`` (a str) is compared by its text: the name gives its kind, and what it was parsed
-    from determines how it folds."""
-    return EmailPolicy.fold_binary(policy, name, header)
+    from determines how it folds. An address header must read back as the addresses it holds."""
+    folded = EmailPolicy.fold_binary(policy, name, header)
+    expected = [a.addr_spec.lower() for a in getattr(header, "addresses", ())]
+    if expected:
+        text = folded.decode("utf-8", "surrogateescape").split(":", 1)[1]
+        read = email_policy_default.header_factory(name, text.strip())
+        if [a.addr_spec.lower() for a in getattr(read, "addresses", ())] != expected:
+            where = "sender" if name.lower() == "from" else name.lower()
+            raise MessageError(f"{where}.name", "would be read as another address")
+    return folded
 
 
 _HEADERS = _HeaderClasses()
@@ -209,10 +218,16 @@ def _address(field: str, address: Address) -> _Checked:
     try:
         _normalized, envelope = _validated(email.strip())
     except EmailNotValidError as exc:
-        raise MessageError(f"{field}.email", f"{email[:80]!r} is not a valid address: {exc}") from None
+        hint = ""
+        if "special-use" in str(exc):
+            hint = " (allow internal domains with EVENTMAIL_SMTP__ALLOWED_SPECIAL_USE_DOMAINS)"
+        raise MessageError(f"{field}.email", f"{email[:80]!r} is not a valid address: {exc}{hint}") from None
     name = address.name or ""
     _check_text(f"{field}.name", name, MAX_NAME_CHARS)
-    name = unicodedata.normalize("NFC", name.strip())
+    # A display name is text, not a header fragment: encoded words in it are decoded here (what a
+    # reader would show) and the email package quotes and encodes the result. Left encoded, the
+    # header writer decodes them while folding and can write a second address into the header.
+    name = unicodedata.normalize("NFC", _decoded(name).strip())
     local, _, domain = envelope.rpartition("@")
     try:
         header = HeaderAddress(display_name=name, username=local, domain=domain)
@@ -228,6 +243,23 @@ def _address_header(
     """The header object for (display name, user, domain) addresses, made once (see _ReusingPolicy)."""
     header = policy.header_factory(name, [HeaderAddress(*parts) for parts in addresses])
     return cast(BaseHeader, header)
+
+
+def check_address(field: str, address: Address) -> str:
+    """The envelope form of ``address``; raises :class:`MessageError` as building a message would."""
+    return _address(field, address).envelope
+
+
+#: RFC 6761 special-use domains that email_validator refuses, as shipped.
+SPECIAL_USE_DOMAINS: tuple[str, ...] = tuple(email_validator.SPECIAL_USE_DOMAIN_NAMES)
+
+
+def allow_special_use_domains(names: Iterable[str]) -> None:
+    """Accept addresses at these special-use domains (``EVENTMAIL_SMTP__ALLOWED_SPECIAL_USE_DOMAINS``),
+    in rules and messages alike; the others stay refused. Idempotent: each call sets the whole list."""
+    allowed = {name.lower() for name in names}
+    email_validator.SPECIAL_USE_DOMAIN_NAMES[:] = [d for d in SPECIAL_USE_DOMAINS if d not in allowed]
+    _validated.cache_clear()
 
 
 def _many(field: str, addresses: Iterable[Address]) -> list[_Checked]:

@@ -3,7 +3,10 @@
 One frozen value per connection (a named ESP connection of the deployment, or a rule's manual
 connection). Everything that changes the SMTP session is part of its equality and hash, so a pool
 keyed by it never hands a session set up for one login (or host, TLS mode, CA ...) to another. ``name``
-is the bounded label used in metrics; it never holds a host or an address.
+is the bounded label used in metrics; it never holds a host or an address: an ESP connection's name,
+or for a rule's manual connection ``manual-`` and a short hash of its host and port
+(:func:`manual_label`), so a dashboard tells the servers apart without the label set growing past
+:data:`MAX_MANUAL_LABELS`. ``ca_source`` names the setting the CA file came from, for error messages.
 
 The password is a ``SecretStr``: it never shows in ``repr``, logs, errors or metrics, and is only
 unwrapped to hand it to the SMTP client's AUTH.
@@ -11,8 +14,10 @@ unwrapped to hand it to the SMTP client's AUTH.
 
 from __future__ import annotations
 
+import hashlib
 import ssl
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
@@ -20,6 +25,38 @@ from consumer.settings import Encryption, EspConnection
 
 DEFAULT_MAX_CONNECTIONS = 8
 MANUAL_NAME = "manual"
+#: Distinct manual-connection labels one process hands out; later servers share ``manual-other``.
+MAX_MANUAL_LABELS = 64
+MANUAL_OTHER = "manual-other"
+
+
+class ManualLabels:
+    """Hands out manual-connection labels, at most ``limit`` distinct ones (then ``manual-other``)."""
+
+    def __init__(self, limit: int = MAX_MANUAL_LABELS) -> None:
+        self.limit = limit
+        self._given: set[str] = set()
+        self._lock = threading.Lock()
+
+    def label(self, host: str, port: int) -> str:
+        digest = hashlib.sha256(f"{host.lower()}:{port}".encode()).hexdigest()[:8]
+        label = f"{MANUAL_NAME}-{digest}"
+        with self._lock:
+            if label in self._given:
+                return label
+            if len(self._given) >= self.limit:
+                return MANUAL_OTHER
+            self._given.add(label)
+        return label
+
+
+_LABELS = ManualLabels()
+
+
+def manual_label(host: str, port: int) -> str:
+    """The metric label of a manual connection to ``host:port``: ``manual-`` and 8 hex digits of a
+    hash (the same in every process), or ``manual-other`` once :data:`MAX_MANUAL_LABELS` are in use."""
+    return _LABELS.label(host, port)
 
 
 @dataclass(frozen=True, repr=False)
@@ -40,6 +77,8 @@ class ConnectionParams:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Messages per second this server accepts from us (None: no limit).
     rate_limit_per_second: float | None = None
+    #: Where the trust of this connection is configured (named in "not trusted" errors).
+    ca_source: str = field(default="EVENTMAIL_SMTP__CA_FILE", compare=False)
 
     def __post_init__(self) -> None:
         if not self.name or not self.host:
@@ -53,9 +92,12 @@ class ConnectionParams:
         object.__setattr__(self, "encryption", Encryption(self.encryption))
 
     @classmethod
-    def from_esp(cls, name: str, esp: EspConnection, *, ca_file: str | None = None) -> ConnectionParams:
+    def from_esp(
+        cls, name: str, esp: EspConnection, *, ca_file: str | None = None, ca_source: str | None = None
+    ) -> ConnectionParams:
         """The named ESP connection ``name`` of the settings."""
         return cls(
+            ca_source=ca_source or f"EVENTMAIL_ESP_CONNECTIONS' {name}.ca_file or EVENTMAIL_SMTP__CA_FILE",
             name=name,
             host=esp.host,
             port=esp.port,
@@ -77,16 +119,19 @@ class ConnectionParams:
         login: str | None = None,
         password: SecretStr | str | None = None,
         *,
-        name: str = MANUAL_NAME,
+        name: str | None = None,
         verify_tls: bool = True,
         ca_file: str | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         rate_limit_per_second: float | None = None,
+        ca_source: str = "EVENTMAIL_SMTP__CA_FILE (or the rule's action.connection.ca_file)",
     ) -> ConnectionParams:
-        """A rule's manual connection (or the CLI's ``--host`` ...). ``name`` labels its metrics."""
+        """A rule's manual connection (or the CLI's ``--host`` ...). ``name`` labels its metrics
+        (default :func:`manual_label`)."""
         secret = SecretStr(password) if isinstance(password, str) else password
         return cls(
-            name=name,
+            ca_source=ca_source,
+            name=name or manual_label(host, port),
             host=host,
             port=port,
             encryption=Encryption(encryption),
@@ -97,6 +142,11 @@ class ConnectionParams:
             max_connections=max_connections,
             rate_limit_per_second=rate_limit_per_second,
         )
+
+    @property
+    def server_key(self) -> tuple[str, int, str | None]:
+        """(host, port, login): what one circuit breaker stands for."""
+        return self.host.lower(), self.port, self.login
 
     @property
     def address(self) -> str:

@@ -206,6 +206,18 @@ def _cause_chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+#: What aiosmtplib says when the server accepted the connection but sent no banner in time.
+_NO_GREETING = "server ready message"
+
+
+def _trust_hint(params: ConnectionParams) -> str:
+    if not params.verify_tls:
+        return "verification is off"
+    if params.ca_file:
+        return f"the CA file {params.ca_file} does not sign it (set by {params.ca_source})"
+    return f"to trust a private CA, set {params.ca_source} to its PEM file"
+
+
 def classify(exc: Exception, params: ConnectionParams, during: str = "sending") -> SendError:
     """The send error for an exception raised by aiosmtplib or the socket layer."""
     name = params.name
@@ -215,7 +227,16 @@ def classify(exc: Exception, params: ConnectionParams, during: str = "sending") 
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
         detail = next(e for e in chain if isinstance(e, ssl.SSLCertVerificationError))
         return PermanentSendError(
-            f"TLS certificate of {params.address} not trusted: {getattr(detail, 'verify_message', detail)}",
+            f"TLS certificate of {params.address} not trusted: {getattr(detail, 'verify_message', detail)}"
+            f"; {_trust_hint(params)}",
+            connection=name,
+            reason="tls",
+        )
+    wrong_mode = next((e for e in chain if "WRONG_VERSION_NUMBER" in str(e).upper()), None)
+    if wrong_mode is not None and params.encryption is Encryption.SSL:
+        return PermanentSendError(
+            f"TLS with {params.address} failed: {wrong_mode} (the server does not start with TLS: "
+            "for a 587/25-style port use encryption tls or none)",
             connection=name,
             reason="tls",
         )
@@ -229,7 +250,13 @@ def classify(exc: Exception, params: ConnectionParams, during: str = "sending") 
             return PermanentSendError(what, connection=name, code=code, reply=reply, reason=reason)
         return TransientSendError(what, connection=name, code=code, reply=reply, reason="smtp_4xx")
     if isinstance(exc, TimeoutError):
-        return SendTimeoutError(f"timed out {during} ({params.address}): {exc}", connection=name)
+        hint = ""
+        if during == "connecting" and params.encryption is not Encryption.SSL and _NO_GREETING in str(exc):
+            hint = (
+                " (no greeting: a server on an implicit-TLS port, 465-style, waits for a TLS handshake"
+                " first; use encryption ssl)"
+            )
+        return SendTimeoutError(f"timed out {during} ({params.address}): {exc}{hint}", connection=name)
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return PermanentSendError(f"{during}: {exc}", connection=name, reason="unsupported")
     if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):

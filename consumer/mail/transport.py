@@ -6,12 +6,15 @@
 with exponential backoff and full jitter, then raised as :class:`TransientSendError` for the caller to
 retry later; permanent ones (5xx) are raised at once as :class:`PermanentSendError`. Recipients
 refused while others were accepted are reported in the result. A per-connection token bucket spaces
-sends when ``rate_limit_per_second`` is set, and a circuit breaker fails fast
-(:class:`CircuitOpenError`) while a server keeps failing.
+sends when ``rate_limit_per_second`` is set, and a circuit breaker per server (host, port and login:
+rules naming the same server share it, different servers never do) fails fast
+(:class:`CircuitOpenError`) while that server keeps failing.
 
 A retry after the final "." of DATA was sent (a timeout waiting for the reply) can deliver a message
-twice; its ``Message-ID`` is the same each time, so receivers can tell. Metrics are labelled with the
-connection's name only. This module never logs or raises a password.
+twice; its ``Message-ID`` is the same each time, so receivers can tell (docs/delivery.md lists every
+duplicate window). Metrics are labelled with the connection's name only (bounded, see
+:mod:`consumer.mail.params`). The EHLO name is ``EVENTMAIL_SMTP__EHLO_HOSTNAME``, else this host's name.
+This module never logs or raises a password.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from aiosmtplib import SMTP, SMTPResponseException
 from aiosmtplib.email import flatten_message
 from prometheus_client import Histogram
 
-from consumer.mail.circuit import CircuitBreaker
+from consumer.mail.circuit import CircuitBreaker, CircuitState
 from consumer.mail.errors import PermanentSendError, Refusal, SendError, TransientSendError
 from consumer.mail.message import BuiltMessage
 from consumer.mail.params import ConnectionParams, default_tls_context
@@ -85,14 +88,17 @@ class Transport:
         noop_after_seconds: float = 5.0,
         local_hostname: str | None = None,
         trace: Trace | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.timeouts = Timeouts.from_settings(settings)
         self._tls_factory = tls_context or default_tls_context
         self.noop_after_seconds = noop_after_seconds
-        self.local_hostname = local_hostname or _local_hostname()
+        self.local_hostname = local_hostname or settings.ehlo_hostname or _local_hostname()
         self._trace = trace
+        self._clock = clock
         self._routes: dict[ConnectionParams, _Route] = {}
+        self._circuits: dict[tuple[str, int, str | None], CircuitBreaker] = {}
         self._closed = False
 
     async def __aenter__(self) -> Transport:
@@ -116,12 +122,29 @@ class Transport:
                     noop_after=self.noop_after_seconds,
                     command_timeout=s.command_timeout_seconds,
                 ),
-                circuit=CircuitBreaker(params.name, s.circuit_failures, s.circuit_open_seconds),
+                circuit=self._circuit(params),
                 bucket=TokenBucket(params.rate_limit_per_second) if params.rate_limit_per_second else None,
                 send_seconds=SMTP_SEND_SECONDS.labels(params.name),
             )
             self._routes[params] = route
         return route
+
+    def _circuit(self, params: ConnectionParams) -> CircuitBreaker:
+        """The breaker of the server of ``params`` (one per host, port and login)."""
+        circuit = self._circuits.get(params.server_key)
+        if circuit is None:
+            s = self.settings
+            server = params.address + (f" as {params.login}" if params.login else "")
+            circuit = CircuitBreaker(
+                params.name, s.circuit_failures, s.circuit_open_seconds, self._clock, server=server
+            )
+            self._circuits[params.server_key] = circuit
+        return circuit
+
+    def circuit_state(self, params: ConnectionParams) -> CircuitState:
+        """The state of the circuit of the server of ``params`` (closed when never used)."""
+        circuit = self._circuits.get(params.server_key)
+        return circuit.state if circuit is not None else CircuitState.CLOSED
 
     async def _open(self, params: ConnectionParams) -> SMTP:
         route = self._routes[params]
@@ -171,7 +194,7 @@ class Transport:
                 if exc.reason in _NOT_A_SERVER_FAILURE:
                     route.circuit.success()
                 else:
-                    route.circuit.failure()
+                    route.circuit.failure(str(exc))
                 exc.attempts = attempt
                 if attempt > self.settings.in_place_retries:
                     raise
@@ -239,8 +262,9 @@ class Transport:
         self._closed = True
         routes, self._routes = list(self._routes.values()), {}
         await asyncio.gather(*(route.pool.close() for route in routes), return_exceptions=True)
-        for route in routes:
-            route.circuit.close()
+        circuits, self._circuits = list(self._circuits.values()), {}
+        for circuit in circuits:
+            circuit.close()
 
 
 def _flatten(message: EmailMessage, smtputf8: bool) -> bytes:

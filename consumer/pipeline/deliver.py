@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from consumer.errors import SecretError
 from consumer.events.model import Event
+from consumer.mail.connections import connection_params
 from consumer.mail.errors import (
     CircuitOpenError,
     MessageError,
@@ -19,7 +20,6 @@ from consumer.mail.render import render
 from consumer.mail.transport import Transport
 from consumer.pipeline.result import DeliveryResult, Verdict
 from consumer.rules.matching import CompiledRule
-from consumer.rules.model import EspConnectionRef
 from consumer.rules.secrets import PasswordResolver
 from consumer.settings import Settings
 
@@ -32,23 +32,7 @@ class MailDeliverer:
 
     def connection(self, rule: CompiledRule) -> ConnectionParams:
         """The SMTP server of a rule; raises SecretError when the deployment lacks what it names."""
-        conn = rule.action.connection
-        default_ca = self.settings.smtp.ca_file
-        if isinstance(conn, EspConnectionRef):
-            esp = self.settings.esp_connections.get(conn.name)
-            if esp is None:
-                raise SecretError(
-                    f"ESP connection {conn.name!r} is not configured (EVENTMAIL_ESP_CONNECTIONS)"
-                )
-            return ConnectionParams.from_esp(conn.name, esp, ca_file=esp.ca_file or default_ca)
-        return ConnectionParams.manual(
-            host=conn.host,
-            port=conn.port,
-            encryption=conn.encryption,
-            login=conn.login,
-            password=self.passwords.resolve(conn),
-            ca_file=default_ca,
-        )
+        return connection_params(self.settings, rule.action.connection, self.passwords)
 
     async def deliver(self, event: Event, rule: CompiledRule, attempts_before: int) -> DeliveryResult:
         action = rule.action

@@ -188,7 +188,7 @@ class Filters(_Document):
     price: PriceRestriction | None = None
 
 
-_MANUAL_ONLY = ("host", "port", "login", "password", "encryption")
+_MANUAL_ONLY = ("host", "port", "login", "password", "encryption", "ca_file")
 
 
 class EspConnectionRef(_Document):
@@ -232,6 +232,9 @@ class ManualConnection(_Document):
     login: Annotated[SingleLine, StringConstraints(min_length=1, max_length=256)] | None = None
     password: SecretStr | None = None
     encryption: Encryption
+    #: A PEM file of CA certificates, on the consumer's host, trusted for this server instead of
+    #: ``EVENTMAIL_SMTP__CA_FILE`` or the system store (a private CA).
+    ca_file: Annotated[SingleLine, StringConstraints(min_length=1, max_length=1024)] | None = None
 
     @field_validator("password")
     @classmethod

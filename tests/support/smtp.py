@@ -31,6 +31,9 @@ with ``users=...`` and ``fail_code=421``):
 In an async test over TLS, ``await server.wait_idle_async()`` before the test returns: the client's
 TLS shutdown then completes in the test's own loop instead of being cut off when that loop closes.
 
+Options of every kind include ``smtputf8=False`` (the server does not offer SMTPUTF8, as many MTAs
+do not) and the records' ``ehlo`` (the name the client greeted with).
+
 The "first N" of ``fail_times`` / ``drop_times`` / ``hang_times`` counts transactions, i.e. MAIL
 commands received by this server since it was created (``server.attempts``); ``None`` means all.
 """
@@ -116,6 +119,8 @@ class ReceivedMessage:
     peer: tuple[str, int]
     mail_options: list[str]
     received_at: float
+    #: The name the client gave with EHLO (or HELO).
+    ehlo: str | None = None
 
     @property
     def subject(self) -> str | None:
@@ -316,6 +321,7 @@ class _Handler:
                 peer=(str(peer[0]), int(peer[1])),
                 mail_options=list(envelope.mail_options),
                 received_at=time.time(),
+                ehlo=session.host_name,
             )
         )
         return "250 2.0.0 OK: queued"
@@ -366,6 +372,7 @@ class SMTPTestServer:
         hang_seconds: float | None = None,
         reply_delay: float = 0.0,
         data_reply_delay: float | None = None,
+        smtputf8: bool = True,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown SMTP test server kind {kind!r}; one of {', '.join(KINDS)}")
@@ -409,6 +416,7 @@ class SMTPTestServer:
         self.hang_seconds = hang_seconds
         self.reply_delay = reply_delay
         self.data_reply_delay = data_reply_delay
+        self.smtputf8 = smtputf8
 
         self._handler = _Handler(self)
         self._lock = threading.RLock()
@@ -518,7 +526,7 @@ class SMTPTestServer:
         kwargs: dict[str, Any] = {
             "hostname": SERVER_HOSTNAME,
             "ident": "eventmail test SMTP",
-            "enable_SMTPUTF8": True,
+            "enable_SMTPUTF8": self.smtputf8,
             "tls_context": tls_context,
             "require_starttls": self.require_starttls,
             "auth_require_tls": self.auth_require_tls,
