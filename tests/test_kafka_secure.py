@@ -198,7 +198,13 @@ def test_rules_apply_without_write_names_the_missing_permission(
         f"eventmail: User:eventmail-nobody lacks WRITE on topic {rules} "
         "(rules apply/delete need the admin ACLs: eventmail acls admin)"
     ]
-    assert time.monotonic() - started < 30  # an answer, not a timeout
+    listed = run_cli(["rules", "list"], secure.env("eventmail-nobody"))
+    assert listed.code != 0
+    assert (
+        f"not allowed to use the rules topic {rules}: the principal needs READ on topic {rules}" in listed.err
+    )
+    assert "does not exist" not in listed.err
+    assert time.monotonic() - started < 30  # answers, not timeouts
 
 
 def test_run_without_write_on_outcomes_is_not_ready_and_sends_nothing_until_granted(
@@ -248,3 +254,21 @@ def _wait_not_ready_with(service: ServiceProcess, key: str, timeout: float = 60.
             return body
         time.sleep(0.2)
     raise TimeoutError(f"readiness never named {key}: {body}")
+
+
+def test_aggregate_gets_ready_with_exactly_its_acls(secure: SecureDeployment, tmp_path: Path) -> None:
+    """Its rules, outcomes and alerts read-backs assign() partitions: no group ACL but its own."""
+    secure.grant("aggregate", "eventmail-aggregate")
+    produce(
+        secure.cluster.bootstrap,
+        secure.topics["alerts"],
+        [(b"r-x", b"{}")],
+        client_config=secure.admin_config,
+    )
+    service = ServiceProcess("aggregate", secure.env("eventmail-aggregate"), tmp_path, name="secure-agg")
+    try:
+        service.start().wait_ready(timeout=90)
+        assert service.terminate() == 0
+    finally:
+        service.stop()
+    assert "GROUP_AUTHORIZATION_FAILED" not in service.log_path.read_text()

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from consumer.aggregator.records import to_ms
 from consumer.aggregator.thresholds import AlertState
 from consumer.errors import CodecError
+from consumer.kafka.readers import unused_group_error
 from consumer.kafka_retry import BrokerCalls
 from consumer.outcomes.codec import decode_alert
 from consumer.outcomes.model import Alert, AlertKind
@@ -101,6 +102,8 @@ class DecisionLog:
                             end = msg.offset()
                             if end is not None and end >= 0:
                                 self._positions[msg.partition() or 0] = end
+                        elif unused_group_error(error):
+                            pass  # its throwaway group.id is never used: no group ACL needed
                         elif error.fatal() or not error.retriable():
                             raise TopicReadError(f"reading {self.topic}: {error.str()}")
                         else:

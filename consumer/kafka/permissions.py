@@ -44,7 +44,9 @@ def missing_permissions(config: dict[str, Any], acls: list[Acl], timeout: float 
     permission). Transactional ids cannot be
     asked without using them: the hand-off producer's start-up checks those). Raises KafkaException
     when the brokers do not answer."""
-    admin = AdminClient({k: v for k, v in config.items() if not k.startswith(("group.", "enable."))})
+    admin = AdminClient(
+        {**{k: v for k, v in config.items() if not k.startswith(("group.", "enable."))}, "log_level": 5}
+    )
     principal = who(config)
     by_resource: dict[tuple[str, str], set[str]] = defaultdict(set)
     for acl in acls:

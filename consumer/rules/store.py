@@ -36,6 +36,8 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.errors import RuleError
+from consumer.kafka.permissions import topic_problem
+from consumer.kafka.readers import unused_group_error
 from consumer.kafka_retry import BrokerCalls, RetryStopped
 from consumer.observability.metrics import RULE_ERRORS, RULES_LOADED
 from consumer.rules.checks import RuleContext
@@ -178,7 +180,9 @@ class RuleStore:
             self.failure = f"cannot read the metadata of {self.topic}: {exc}"
             return None
         if metadata is None or metadata.error is not None or not metadata.partitions:
-            self.failure = f"the rules topic {self.topic} does not exist"
+            # Not allowed is not missing: the reason names the permission when that is it.
+            error = metadata.error if metadata is not None else None
+            self.failure = topic_problem(self.topic, error, "rules topic", need="READ")
             return None
         return sorted(metadata.partitions)
 
@@ -330,4 +334,6 @@ class RuleStore:
         self._log_kafka_error(error)
 
     def _log_kafka_error(self, error: Any) -> None:
+        if unused_group_error(error):
+            return  # its throwaway group.id is never used: no group ACL needed
         log.warning("rules topic: kafka error", extra={"error": str(error), "topic": self.topic})
