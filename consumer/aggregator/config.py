@@ -80,7 +80,7 @@ def from_rule(rule: Any) -> WarningConfig | None:
     """The warning settings of a rule object (or mapping) of the rules package; None when off.
 
     Reads attributes by name (``rule_id``/``id``, ``name``, ``warnings.enabled``, ``timeframe``,
-    ``percent``, ``count``, ``users``, ``emails``, ``frequency_minutes``), so it accepts the rule
+    ``percent``, ``count``, ``min_events``, ``users``, ``emails``, ``frequency_minutes``), so it accepts the rule
     model as well as its JSON form.
     """
     warnings = _get(rule, "warnings")
@@ -92,6 +92,7 @@ def from_rule(rule: Any) -> WarningConfig | None:
     timeframe = _get(warnings, "timeframe", Timeframe.H1)
     percent = _get(warnings, "percent")
     count = _get(warnings, "count")
+    min_events = _get(warnings, "min_events")
     frequency = _get(warnings, "frequency_minutes")
     return WarningConfig(
         rule_id=str(rule_id),
@@ -99,6 +100,7 @@ def from_rule(rule: Any) -> WarningConfig | None:
         thresholds=Thresholds(
             percent=float(percent) if percent is not None else None,
             count=int(count) if count is not None else None,
+            min_events=int(min_events) if min_events is not None else None,
         ),
         frequency_minutes=int(frequency) if frequency is not None else DEFAULT_FREQUENCY_MINUTES,
         users=tuple(str(u) for u in _get(warnings, "users", None) or ()),

@@ -4,7 +4,8 @@
   the number of warnings, ``percent`` with ``percent``% of the events (``warnings * 100 >
   percent * events``, computed exactly, so 10 % of 50 events is 5 and 5 warnings do not fire). With
   no events at all, any warning breaches the percent threshold. A threshold left out is not checked;
-  with both left out nothing ever fires.
+  with both left out nothing ever fires. With ``min_events``, the percent threshold is not decided
+  while the window holds fewer events (one refused mail of one event is 100 %); ``count`` still is.
 * An alert fires when the thresholds are breached and the rule has not fired within the last
   ``frequency`` (so a breach that holds fires again every ``frequency``, never more often).
 * When the breach clears after an alert, the alert is resolved (once). A resolution does not restart
@@ -26,11 +27,13 @@ from fractions import Fraction
 class Thresholds:
     percent: float | None = None
     count: int | None = None
+    min_events: int | None = None
 
     def breach(self, events: int, warnings: int) -> str | None:
         """Which thresholds are exceeded, in words; None when none is."""
         reasons: list[str] = []
-        if self.percent is not None and warnings * 100 > Fraction(str(self.percent)) * events:
+        decided = self.min_events is None or events >= self.min_events
+        if self.percent is not None and decided and warnings * 100 > Fraction(str(self.percent)) * events:
             if events:
                 share = warnings * 100 / events
                 reasons.append(

@@ -298,6 +298,9 @@ class Warnings(_Document):
     timeframe: Timeframe = "1h"
     percent: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
     count: int | None = Field(default=None, ge=0)
+    #: The percent threshold is not decided below this many events in the window (None: always):
+    #: one refused mail out of one event is "100 %", which says little.
+    min_events: int | None = Field(default=None, ge=1)
     users: tuple[Identifier, ...] = Field(default=(), max_length=MAX_ADDRESSES)
     emails: EmailList = Field(default=(), max_length=MAX_ADDRESSES)
     frequency_minutes: int = Field(default=30, ge=1, le=10_080)
