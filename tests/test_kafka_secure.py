@@ -14,10 +14,10 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from consumer.kafka.acls import Acl, Component, acls_for, apply_acls
+from consumer.kafka.acls import Acl, Component, acl_table, acls_for, apply_acls
 from consumer.outcomes.codec import decode_outcome
 from consumer.outcomes.model import Outcome, OutcomeStatus
-from consumer.settings import load_settings
+from consumer.settings import Settings, load_settings
 from tests.clirun import CliResult, run_cli
 from tests.factories import make_event
 from tests.pipeline_support import esp, rule_doc
@@ -272,3 +272,20 @@ def test_aggregate_gets_ready_with_exactly_its_acls(secure: SecureDeployment, tm
     finally:
         service.stop()
     assert "GROUP_AUTHORIZATION_FAILED" not in service.log_path.read_text()
+
+
+def test_the_acls_in_the_docs_are_the_ones_granted() -> None:
+    """docs/operations.md lists the ACLs `eventmail acls` grants (and these tests grant through it)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    block = text.split("<!-- acls:begin -->\n", 1)[1].split("\n<!-- acls:end -->", 1)[0]
+    assert block.splitlines() == acl_table(Settings.model_construct())
+    printed = run_cli(["acls", "run"], {"EVENTMAIL_GROUP_ID": "mail-prod"})
+    assert printed.code == 0, printed.err
+    assert (
+        "kafka-acls.sh --bootstrap-server localhost:9092 --command-config admin.properties --add "
+        "--allow-principal User:eventmail-run --operation Write --transactional-id mail-prod.retry. "
+        "--resource-pattern-type prefixed"
+    ) in printed.out.splitlines()
+    assert len(printed.out.splitlines()) == 1 + len(
+        acls_for(Component.RUN, load_settings(group_id="mail-prod"))
+    )

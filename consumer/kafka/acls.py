@@ -134,3 +134,24 @@ def apply_acls(config: dict[str, Any], acls: list[Acl], principal: str, timeout:
     for future in futures.values():
         future.result(timeout=timeout)
     del admin
+
+
+_WHAT = {
+    Component.RUN: "`eventmail run`",
+    Component.AGGREGATE: "`eventmail aggregate`",
+    Component.ADMIN: "`rules apply/delete/list/get/history`",
+    Component.READER: "`eventmail logs`, `eventmail usage`",
+}
+
+
+def acl_table(settings: Settings) -> list[str]:
+    """The ACLs of every component as a Markdown table (docs/operations.md holds this table)."""
+    lines = ["| component | resource | name | operations |", "|---|---|---|---|"]
+    for component in Component:
+        merged: dict[tuple[str, str, bool], list[str]] = {}
+        for acl in acls_for(component, settings):
+            merged.setdefault((acl.resource, acl.name, acl.prefixed), []).append(acl.operation)
+        for (resource, name, prefixed), operations in merged.items():
+            shown = f"`{name}` (prefixed)" if prefixed else f"`{name}`"
+            lines.append(f"| {_WHAT[component]} | {resource} | {shown} | {', '.join(operations)} |")
+    return lines
