@@ -163,6 +163,52 @@ class SmtpSettings(BaseModel):
         return names
 
 
+class ConsoleAuth(StrEnum):
+    PASSWORD = "password"  # noqa: S105 (a mode name)
+    PROXY = "proxy"
+
+
+class ConsoleUser(BaseModel):
+    model_config = _FROZEN
+
+    #: An argon2 hash (``eventmail console hash-password``), never the password.
+    password_hash: SecretStr
+    role: str = Field(default="viewer", pattern="^(viewer|editor)$")
+
+
+class ConsoleSettings(BaseModel):
+    """``eventmail console``: the admin screens in a browser."""
+
+    model_config = _FROZEN
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=9410, ge=0, le=65535)
+    #: Required unless ``--local``: ``password`` (users below) or ``proxy`` (an authenticating proxy).
+    auth: ConsoleAuth | None = None
+    users: dict[str, ConsoleUser] = Field(default_factory=dict, repr=False)
+    proxy_header: str = Field(default="X-Forwarded-User", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    #: Connections the proxy header is believed from (CIDRs); the header from elsewhere is ignored.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32",)
+    #: With ``proxy``: the users who may change rules (everyone else authenticated is a viewer).
+    editors: tuple[str, ...] = ()
+    #: Signs session cookies; set it when several console replicas share users (default: random per
+    #: process, so a restart logs everyone out).
+    session_key: SecretStr | None = Field(default=None, repr=False)
+    session_max_age_seconds: int = Field(default=8 * 3600, ge=60)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR (like 10.0.0.0/8)") from None
+        return value
+
+
 class PipelineSettings(BaseModel):
     model_config = _FROZEN
 
@@ -208,6 +254,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
 

@@ -183,6 +183,9 @@ def test_demo_no_follow_leaves_mail_log_alert_and_dead_letters(
     assert result.returncode == 0, result.stderr[-4000:]
     assert summary["ok"] is True, summary["problems"]
     assert summary["problems"] == []
+    # The console ran (--local: 127.0.0.1, no login) and was ready before any event was published.
+    assert summary["console_url"].startswith("http://127.0.0.1:")
+    assert "Uvicorn running on http://127.0.0.1:" in (output / "logs" / "console.log").read_text()
 
     # What is on the topics and at the SMTP sinks, against what a hand-written reference of the
     # contract's matching (tests/test_rules_matching.py) expects of the events really published.

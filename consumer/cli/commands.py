@@ -13,6 +13,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rules",
     "rules_authoring",
     "topics",
+    "console",
     "acls",
     "placeholders",
     "aggregate",

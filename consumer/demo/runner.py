@@ -199,16 +199,17 @@ class Demo:
             seed=options.seed,
         )
 
-        for command in ("run", "aggregate"):
+        for command, args in (("run", "run"), ("aggregate", "aggregate"), ("console", "console --local")):
             log_path = self.logs_dir / f"{command}.log"
-            service = Service(command, deployment.service_env(command), ports[command], log_path)
+            service = Service(args, deployment.service_env(command), ports[command], log_path)
             self.started.services.append(service.start())
-        self.console.print("starting eventmail run and eventmail aggregate ...")
+        self.console.print("starting eventmail run, eventmail aggregate and eventmail console --local ...")
         for service in self.started.services:
             service.wait_ready(READY_TIMEOUT)
         self._step(
             "eventmail run and eventmail aggregate are ready: "
             + ", ".join(f"{s} {url}" for s, url in deployment.metrics_urls().items())
+            + f"; the console (no login, this machine only): {deployment.console_url()}"
         )
 
         watcher = Watcher(
@@ -334,6 +335,7 @@ class Demo:
             alerts_dir=str(self.alerts_dir),
             logs_dir=str(self.logs_dir),
             metrics=deployment.metrics_urls(),
+            console_url=deployment.console_url(),
             logs_command=f". {self.output / 'demo.env'} && {_eventmail()} logs --since 1h",
             duration_seconds=round(time.monotonic() - self.began, 1),
             problems=problems,

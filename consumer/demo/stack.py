@@ -50,7 +50,9 @@ SOURCE_ROOT = Path(consumer.__file__).resolve().parents[1]
 KAFKA_SCRIPT = Path("deploy") / "local" / "kafka.sh"
 #: Prefix of every topic the demo creates: ``demo.<run id>.<name>``.
 TOPIC_PREFIX = "demo."
-PREFERRED_PORTS = {"run": 9400, "aggregate": 9401}
+PREFERRED_PORTS = {"run": 9400, "aggregate": 9401, "console": 9410}
+#: Services with /metrics (the console has none).
+METRICS_SERVICES = ("run", "aggregate")
 
 
 class DemoError(EventmailError):
@@ -217,6 +219,7 @@ class Deployment:
             **self.env(),
             "EVENTMAIL_HTTP__HOST": "127.0.0.1",
             "EVENTMAIL_HTTP__PORT": str(self.ports[service]),
+            "EVENTMAIL_CONSOLE__PORT": str(self.ports[service]),
             "EVENTMAIL_LOG_FORMAT": "json",
             # Short grace periods: Ctrl-C should not keep a demo waiting.
             "EVENTMAIL_PIPELINE__DRAIN_TIMEOUT_SECONDS": "10",
@@ -229,7 +232,11 @@ class Deployment:
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def metrics_urls(self) -> dict[str, str]:
-        return {service: f"http://127.0.0.1:{port}/metrics" for service, port in self.ports.items()}
+        return {s: f"http://127.0.0.1:{self.ports[s]}/metrics" for s in METRICS_SERVICES if s in self.ports}
+
+    def console_url(self) -> str | None:
+        port = self.ports.get("console")
+        return None if port is None else f"http://127.0.0.1:{port}/"
 
 
 class _ExplicitSettings(Settings):
@@ -327,7 +334,8 @@ def start_sink(name: str, stderr: IO[Any], **options: Any) -> Sink:
 
 
 class Service:
-    """``eventmail <command>`` as a child process in a session of its own, logging to a file."""
+    """``eventmail <command>`` (words split on spaces, e.g. ``console --local``) as a child process in a
+    session of its own, logging to a file."""
 
     def __init__(self, command: str, env: dict[str, str], port: int, log_path: Path) -> None:
         self.command = command
@@ -343,7 +351,7 @@ class Service:
     def start(self) -> Service:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "consumer.cli.main", self.command],
+                [sys.executable, "-m", "consumer.cli.main", *self.command.split()],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -100,6 +100,7 @@ class Summary:
     metrics: dict[str, str]
     logs_command: str
     duration_seconds: float
+    console_url: str | None = None
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -153,6 +154,8 @@ def summary_view(summary: Summary, services_running: bool) -> Group:
     running = "" if services_running else " (served while the demo runs)"
     for service, url in summary.metrics.items():
         where.add_row(f"metrics ({service})", url + running)
+    if summary.console_url:
+        where.add_row("console (no login, this machine only)", summary.console_url + running)
     where.add_row("service logs", summary.logs_dir)
     where.add_row("rules applied", f"{summary.output}/rules/")
     parts: list[RenderableType] = [counts, per_rule, where]

@@ -1,0 +1,1 @@
+"""``eventmail console``: the admin screens of the product documents in a browser."""

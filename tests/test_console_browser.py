@@ -1,0 +1,307 @@
+"""``eventmail console`` in a real browser (Debian's chromium driven by Playwright), on the real broker
+and a real SMTP server: an editor adds a rule through the form (an invalid field first), previews and
+saves it, ``eventmail run`` mails a matching event and the SMTP log shows it; a viewer cannot write;
+proxy mode ignores the header from an untrusted address; user text is shown as text."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from consumer.console.auth import hash_password
+from consumer.outcomes.codec import encode_outcome
+from consumer.outcomes.model import Outcome, OutcomeStatus
+from tests.clirun import run_cli
+from tests.support.kafka import TopicFactory, produce
+from tests.support.service import Deployment, ServiceProcess
+from tests.support.smtp import SMTPTestServer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+USERS = {
+    "ada": {"password_hash": hash_password("ada-secret-1"), "role": "editor"},
+    "vic": {"password_hash": hash_password("vic-secret-1"), "role": "viewer"},
+}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    opened = context.new_page()
+    opened.set_default_timeout(20_000)
+    try:
+        yield opened
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def deployment(kafka_bootstrap: str, topic_factory: TopicFactory, smtp_server: SMTPTestServer) -> Deployment:
+    return Deployment.create(kafka_bootstrap, topic_factory, partitions=1).with_esp(
+        {"default": {"host": "127.0.0.1", "port": smtp_server.port, "encryption": "none"}}
+    )
+
+
+def start_console(deployment: Deployment, tmp_path: Path, **settings: str) -> ServiceProcess:
+    env = deployment.env(EVENTMAIL_CONSOLE__USERS=json.dumps(USERS), **settings)
+    console = ServiceProcess("console", env, tmp_path, name="console")
+    console.env["EVENTMAIL_CONSOLE__PORT"] = str(console.port)
+    console.env["EVENTMAIL_CONSOLE__HOST"] = "127.0.0.1"
+    console.start()
+    console.wait_ready(timeout=90)
+    return console
+
+
+@pytest.fixture
+def console(deployment: Deployment, tmp_path: Path) -> Iterator[ServiceProcess]:
+    started = start_console(deployment, tmp_path, EVENTMAIL_CONSOLE__AUTH="password")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def login(page: Page, console: ServiceProcess, user: str, password: str) -> None:
+    page.goto(console.url("/rules"))
+    assert page.url.startswith(console.url("/login"))
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(console.url("/rules"))
+
+
+def fill_rule(page: Page, recipients: str) -> None:
+    page.fill("input[name=id]", "r-console")
+    page.fill("input[name=name]", "Sold from the console")
+    page.select_option("select[name=platform]", "lms")
+    page.locator("input[name=trigger][value=lead_sold]").first.check()
+    page.select_option("select[name=level]", "product")
+    page.fill("input[name=product_id]", "p-console")
+    page.fill("input[name=sender]", "Sales <sales@example.com>")
+    page.fill("input[name=recipients]", recipients)
+    page.fill("input[name=subject]", "Lead {{ lead_id }} sold for {{ price }}")
+    page.fill("textarea[name=body]", "Buyer {{ buyer_id }} bought {{ lead_id }}.")
+
+
+def event(event_id: str, **changes: Any) -> bytes:
+    values = {
+        "event_id": event_id,
+        "trigger": "lead_sold",
+        "occurred_at": "2026-11-30T10:00:00Z",
+        "product_id": "p-console",
+        "lead_id": "L-77",
+        "buyer_id": "buyer-9",
+        "price": 99.5,
+    }
+    return json.dumps(values | changes).encode()
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_editor_creates_previews_and_saves_a_rule_that_then_mails(
+    page: Page,
+    console: ServiceProcess,
+    deployment: Deployment,
+    smtp_server: SMTPTestServer,
+    tmp_path: Path,
+) -> None:
+    login(page, console, "ada", "ada-secret-1")
+    page.click("#add-rule")
+    fill_rule(page, "not-an-address")
+    page.click("#save")
+    shown = [text.strip() for text in page.locator(".field-error[data-field=recipients]").all_inner_texts()]
+    assert shown, "no error next to the recipients field"
+    # The same text as `eventmail rules validate` for the same document.
+    rule_file = tmp_path / "same.yaml"
+    rule_file.write_text(
+        json.dumps(
+            {
+                "id": "r-console",
+                "platform": "lms",
+                "level": "product",
+                "product_id": "p-console",
+                "triggers": ["lead_sold"],
+                "action": {
+                    "connection": {"type": "esp", "name": "default"},
+                    "sender": {"email": "sales@example.com", "name": "Sales"},
+                    "recipients": [{"email": "not-an-address"}],
+                    "subject": "s",
+                    "body": "b",
+                },
+            }
+        )
+    )
+    cli = run_cli(["rules", "validate", str(rule_file)], deployment.env())
+    prefix = f"{rule_file}: rule r-console: "
+    cli_lines = [line.removeprefix(prefix) for line in cli.err.splitlines() if "action.recipients" in line]
+    assert sorted(shown) == sorted(cli_lines)
+    assert page.locator("input[name=recipients][aria-invalid=true]").count() == 1
+
+    page.fill("input[name=recipients]", "Ops <ops@example.com>")
+    page.fill("textarea[name=sample_event]", event("sample-1").decode())
+    page.click("#preview")
+    result = page.locator("#preview-result")
+    assert "Lead L-77 sold for 99.5" in result.inner_text()
+    assert "ops@example.com" in result.inner_text()
+    page.click("#save")
+    page.wait_for_url(console.url("/rules/r-console"))
+    assert "by ada" in page.locator("#last-change").inner_text()
+    assert "subject: Lead {{ lead_id }} sold for {{ price }}" in page.locator("#rule-yaml").inner_text()
+
+    runner = ServiceProcess("run", deployment.env(), tmp_path, name="run").start()
+    try:
+        runner.wait_ready(timeout=90)
+        produce(deployment.bootstrap, deployment.topics["lms"], [(b"e", event("ev-console-1"))])
+        wait_for(lambda: len(smtp_server.messages) == 1, "the mail of the console's rule")
+        assert smtp_server.messages[0].message["Subject"] == "Lead L-77 sold for 99.5"
+        page.goto(console.url("/log?since=1h&rule=r-console"))
+        wait_for(lambda: _log_has(page, console, "Lead L-77 sold for 99.5"), "the SMTP log row")
+        row = page.locator("#log tbody tr[data-rule=r-console]").first
+        assert row.get_attribute("data-status") == "sent"
+        assert "ops@example.com" in row.inner_text()
+    finally:
+        runner.stop()
+
+
+def _log_has(page: Page, console: ServiceProcess, text: str) -> bool:
+    page.goto(console.url("/log?since=1h&rule=r-console&live=0"))
+    return text in page.locator("#log").inner_text()
+
+
+def test_a_viewer_sees_no_edit_controls_and_cannot_write(page: Page, console: ServiceProcess) -> None:
+    login(page, console, "vic", "vic-secret-1")
+    assert page.locator("#add-rule").count() == 0
+    assert page.locator("form[action$='/enabled']").count() == 0
+    page.goto(console.url("/rules/new"))
+    assert page.locator("#save").count() == 0
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    answer = page.request.post(console.url("/rules/save"), form={"csrf": csrf or "", "id": "r-x"})
+    assert answer.status == 403
+    deleted = page.request.post(console.url("/rules/r-x/delete"), form={"csrf": csrf or ""})
+    assert deleted.status == 403
+
+
+def test_unauthenticated_csrf_and_headers(page: Page, console: ServiceProcess) -> None:
+    anonymous = page.request.get(console.url("/log"), max_redirects=0)
+    assert anonymous.status == 303
+    assert anonymous.headers["location"].startswith("/login")
+    assert page.request.post(console.url("/rules/save"), form={"id": "x"}).status == 401
+    response = page.goto(console.url("/login"))
+    assert response is not None
+    headers = response.all_headers()
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert "unsafe-inline" not in headers["content-security-policy"]
+    cookie = headers["set-cookie"].lower()
+    assert "httponly" in cookie
+    assert "samesite=strict" in cookie
+    login(page, console, "ada", "ada-secret-1")
+    no_token = page.request.post(console.url("/rules/r-x/delete"), form={})
+    assert no_token.status == 403
+    wrong = page.request.post(console.url("/rules/r-x/delete"), form={"csrf": "forged"})
+    assert wrong.status == 403
+
+
+def test_failed_logins_are_throttled(page: Page, console: ServiceProcess) -> None:
+    for _ in range(5):
+        page.goto(console.url("/login"))
+        page.fill("input[name=username]", "ada")
+        page.fill("input[name=password]", "wrong")
+        page.click("button[type=submit]")
+        assert page.locator("#login-error").inner_text() == "unknown user or wrong password"
+    page.fill("input[name=username]", "ada")
+    page.fill("input[name=password]", "ada-secret-1")  # right, but throttled now
+    page.click("button[type=submit]")
+    assert page.locator("#login-error").inner_text().startswith("too many failed logins")
+
+
+def test_script_in_a_subject_is_shown_as_text(
+    page: Page, console: ServiceProcess, deployment: Deployment
+) -> None:
+    hostile = "<script>alert('x')</script><img src=x onerror=alert(2)>"
+    outcome = Outcome(
+        event_id="ev-hostile",
+        rule_id="r-hostile",
+        status=OutcomeStatus.FAILED,
+        to=["ops@example.com"],
+        subject=hostile,
+        error="550 <b>refused</b>",
+    )
+    produce(deployment.bootstrap, deployment.topics["outcomes"], [(b"r-hostile", encode_outcome(outcome))])
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    login(page, console, "ada", "ada-secret-1")
+    page.goto(console.url("/log?since=1h&live=0"))
+    row = page.locator("#log tbody tr[data-rule=r-hostile]")
+    assert row.locator(".subject").inner_text() == hostile
+    assert row.locator("script, img, b").count() == 0
+    assert "550 <b>refused</b>" in row.inner_text()
+    assert dialogs == []
+
+
+def test_proxy_mode_trusts_the_header_only_from_trusted_addresses(
+    page: Page, deployment: Deployment, tmp_path: Path
+) -> None:
+    untrusted = start_console(
+        deployment,
+        tmp_path,
+        EVENTMAIL_CONSOLE__AUTH="proxy",
+        EVENTMAIL_CONSOLE__TRUSTED_PROXIES='["10.0.0.0/8"]',
+        EVENTMAIL_CONSOLE__EDITORS='["ada"]',
+    )
+    try:
+        answer = page.request.get(untrusted.url("/rules"), headers={"X-Forwarded-User": "ada"})
+        assert answer.status == 401
+    finally:
+        untrusted.stop()
+    trusted = start_console(
+        deployment,
+        tmp_path,
+        EVENTMAIL_CONSOLE__AUTH="proxy",
+        EVENTMAIL_CONSOLE__EDITORS='["ada"]',
+    )
+    try:
+        page.set_extra_http_headers({"X-Forwarded-User": "bob"})
+        page.goto(trusted.url("/rules"))
+        assert page.locator(".user").inner_text() == "bob (viewer)"
+        assert page.locator("#add-rule").count() == 0
+        page.set_extra_http_headers({"X-Forwarded-User": "ada"})
+        page.goto(trusted.url("/rules"))
+        assert page.locator(".user").inner_text() == "ada (editor)"
+        assert page.locator("#add-rule").count() == 1
+    finally:
+        trusted.stop()
+
+
+def test_console_refuses_to_start_without_an_auth_mode(deployment: Deployment) -> None:
+    result = run_cli(["console"], deployment.env())
+    assert result.code == 1
+    assert (
+        "EVENTMAIL_CONSOLE__AUTH is not set: set it to password or proxy, or run with --local" in result.err
+    )
+    empty = run_cli(["console"], deployment.env(EVENTMAIL_CONSOLE__AUTH="password"))
+    assert empty.code == 1
+    assert "EVENTMAIL_CONSOLE__USERS is empty" in empty.err
