@@ -39,11 +39,11 @@ format: install
 	$(BIN)/ruff format consumer tests bench
 	$(BIN)/ruff check --fix consumer tests bench
 
-kafka-up: install ## a single-node Kafka (KRaft) on 127.0.0.1:$(KAFKA_PORT)
-	KAFKA_PORT=$(KAFKA_PORT) deploy/local/kafka.sh up
+kafka-up: install ## Kafka (KRaft) on 127.0.0.1:$(KAFKA_PORT); BROKERS=3 for three nodes, SECURE=1 for SASL_SSL + ACLs
+	KAFKA_PORT=$(KAFKA_PORT) KAFKA_BROKERS=$(or $(BROKERS),1) KAFKA_SECURE=$(or $(SECURE),0) deploy/local/kafka.sh up
 
 kafka-down:
-	KAFKA_PORT=$(KAFKA_PORT) deploy/local/kafka.sh down
+	KAFKA_PORT=$(KAFKA_PORT) KAFKA_BROKERS=$(or $(BROKERS),1) KAFKA_SECURE=$(or $(SECURE),0) deploy/local/kafka.sh down
 
 registry-up: kafka-up ## a Schema Registry (Apicurio, Confluent API) on 127.0.0.1:$(REGISTRY_PORT), schemas kept in Kafka
 	REGISTRY_PORT=$(REGISTRY_PORT) KAFKA_PORT=$(KAFKA_PORT) deploy/local/registry/registry.sh up
