@@ -596,3 +596,27 @@ async def test_untrusted_certificate_names_the_setting_that_fixes_it(
         trusted = dataclasses.replace(manual, ca_file=str(smtp_ca.ca_pem))
         assert (await send(transport, trusted, message(2))).code == 250
     await server.wait_idle_async()
+
+
+async def test_a_reply_lost_after_the_final_dot_sends_a_copy_per_attempt(
+    smtp_server_factory: SMTPServerFactory,
+) -> None:
+    """The duplicate window of docs/delivery.md: the server takes the message, its reply to the final
+    "." comes after the data timeout, and every in-place retry hands it another copy."""
+    server = smtp_server_factory("plain", data_reply_delay=1.0)
+    settings = FAST.model_copy(update={"data_timeout_seconds": 0.3, "in_place_retries": 1})
+    async with Transport(settings) as transport:
+        with pytest.raises(SendTimeoutError) as caught:
+            await send(transport, params_for(server, "slow-reply"), message(1))
+        assert caught.value.attempts == 2
+    copies = await server.wait_for_async(2)
+    assert len({m.message_id for m in copies}) == 1
+    assert copies[0].message_id == message(1).message_id
+    server.clear()
+    once = FAST.model_copy(update={"data_timeout_seconds": 0.3, "in_place_retries": 0})
+    async with Transport(once) as transport:
+        with pytest.raises(SendTimeoutError):
+            await send(transport, params_for(server, "slow-reply"), message(2))
+    assert len(await server.wait_for_async(1)) == 1
+    await server.wait_idle_async()
+    assert len(server.messages) == 1
