@@ -9,6 +9,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from consumer.console.auth import hash_password
-from consumer.outcomes.codec import encode_outcome
-from consumer.outcomes.model import Outcome, OutcomeStatus
+from consumer.outcomes.codec import encode_alert, encode_outcome
+from consumer.outcomes.model import Alert, AlertKind, Outcome, OutcomeStatus
 from tests.clirun import run_cli
 from tests.support.kafka import TopicFactory, produce
 from tests.support.service import Deployment, ServiceProcess
@@ -305,3 +306,126 @@ def test_console_refuses_to_start_without_an_auth_mode(deployment: Deployment) -
     empty = run_cli(["console"], deployment.env(EVENTMAIL_CONSOLE__AUTH="password"))
     assert empty.code == 1
     assert "EVENTMAIL_CONSOLE__USERS is empty" in empty.err
+
+
+def test_enable_disable_delete_alerts_and_usage(
+    page: Page, console: ServiceProcess, deployment: Deployment, tmp_path: Path
+) -> None:
+    rule_file = tmp_path / "rule.yaml"
+    rule_file.write_text(
+        json.dumps(
+            {
+                "id": "r-listed",
+                "name": "Listed <b>rule</b>",
+                "platform": "lms",
+                "level": "campaign",
+                "campaign_id": "c-9",
+                "triggers": ["lead_sold"],
+                "action": {
+                    "connection": {"type": "esp", "name": "default"},
+                    "sender": {"email": "sales@example.com"},
+                    "recipients": [{"email": "ops@example.com"}],
+                    "subject": "s",
+                    "body": "b",
+                },
+            }
+        )
+    )
+    applied = run_cli(["rules", "apply", "--author", "cli@desk", str(rule_file)], deployment.env())
+    assert applied.code == 0, applied.err
+    now = datetime.now(UTC)
+    outcomes = [
+        Outcome(created=now, event_id=f"e{i}", rule_id="r-listed", status=status, warnings_enabled=True)
+        for i, status in enumerate([OutcomeStatus.SENT, OutcomeStatus.SENT, OutcomeStatus.FAILED])
+    ]
+    produce(
+        deployment.bootstrap,
+        deployment.topics["outcomes"],
+        [(b"r-listed", encode_outcome(o)) for o in outcomes],
+    )
+    alert = Alert(
+        rule_id="r-listed",
+        kind=AlertKind.FIRED,
+        timeframe="1h",
+        window_start=now,
+        window_end=now,
+        events=3,
+        warnings=1,
+        percent=33.3,
+        reason="1 warnings, over the limit of 0",
+        recipients=["ops@example.com"],
+    )
+    produce(deployment.bootstrap, deployment.topics["alerts"], [(b"r-listed", encode_alert(alert))])
+
+    login(page, console, "ada", "ada-secret-1")
+    wait_for(lambda: _rules_row(page, console, "r-listed") is not None, "the applied rule in the list")
+    row = _rules_row(page, console, "r-listed")
+    assert row is not None
+    assert row["Name"] == "Listed <b>rule</b>"
+    assert (row["Enabled"], row["Sent 24h"], row["Failed 24h"]) == ("yes", "2", "1")
+    assert row["Product / campaign"] == "c-9"
+
+    page.locator("tr[data-rule=r-listed] form[action$='/enabled'] button").click()
+    page.wait_for_url(console.url("/rules"))
+    assert page.locator("tr[data-rule=r-listed] td").nth(6).inner_text() == "no"
+    page.goto(console.url("/rules/r-listed"))
+    assert "by ada" in page.locator("#last-change").inner_text()
+    assert "enabled: false" in page.locator("#rule-yaml").inner_text()
+    download = page.request.get(console.url("/rules/r-listed/yaml"))
+    assert download.headers["content-disposition"] == 'attachment; filename="r-listed.yaml"'
+    assert "id: r-listed" in download.text()
+    history = run_cli(["rules", "history", "r-listed", "--json"], deployment.env())
+    assert [json.loads(line)["author"] for line in history.out.splitlines()] == ["cli@desk", "ada"]
+
+    page.goto(console.url("/alerts"))
+    assert "1 warnings, over the limit of 0" in page.locator("#alerts").inner_text()
+    page.goto(console.url("/usage"))
+    usage = page.locator("#usage").inner_text()
+    assert "r-listed" in usage
+    assert "$0.0003" in usage
+    page.goto(console.url("/connections"))
+    assert "127.0.0.1" in page.locator("#connections").inner_text()
+
+    page.goto(console.url("/rules/r-listed/delete"))
+    page.click("#confirm-delete")
+    page.wait_for_url(console.url("/rules"))
+    assert page.locator("tr[data-rule=r-listed]").count() == 0
+
+
+def _rules_row(page: Page, console: ServiceProcess, rule_id: str) -> dict[str, str] | None:
+    page.goto(console.url("/rules"))
+    headers = [h.strip() for h in page.locator("#rules thead th").all_inner_texts()]
+    row = page.locator(f"#rules tr[data-rule='{rule_id}']")
+    if row.count() == 0:
+        return None
+    cells = [c.strip() for c in row.locator("td").all_inner_texts()]
+    return dict(zip(headers, cells, strict=False))
+
+
+def test_an_absent_broker_is_a_banner_not_a_stack_trace(page: Page, tmp_path: Path) -> None:
+    dead = Deployment(
+        "127.0.0.1:1",
+        {name: f"t-{name}" for name in ("lms", "call_logic", "rules", "outcomes", "alerts", "dlq", "retry")},
+        "g",
+    )
+    env = dead.env(EVENTMAIL_CONSOLE__AUTH="password", EVENTMAIL_CONSOLE__USERS=json.dumps(USERS))
+    console = ServiceProcess("console", env, tmp_path, name="console-dead")
+    console.env["EVENTMAIL_CONSOLE__PORT"] = str(console.port)
+    console.env["EVENTMAIL_CONSOLE__HOST"] = "127.0.0.1"
+    console.start()
+    try:
+        wait_for(lambda: _answers(console), "the console's /healthz", timeout=90)
+        assert console.get("/readyz")[0] == 503
+        login(page, console, "ada", "ada-secret-1")
+        banner = page.locator(".banner")
+        assert "the rules topic t-rules is not read yet" in banner.inner_text()
+        assert "Traceback" not in page.content()
+    finally:
+        console.stop()
+
+
+def _answers(console: ServiceProcess) -> bool:
+    try:
+        return console.get("/healthz")[0] == 200
+    except OSError:
+        return False
