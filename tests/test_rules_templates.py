@@ -120,3 +120,34 @@ def test_a_template_is_valid_exactly_when_every_name_is_known(
     assert bool(problems) == bool(unknown)
     for name in unknown:
         assert any(repr(name) in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{% for i in range(10**9) %}{% endfor %}", "range() of more than 10,000 items"),
+        ("{% for i in range(0, 20000, 2) %}{% endfor %}", None),
+        ("{% for i in range(0, 20002) %}{% endfor %}", "range() of more than 10,000 items"),
+        ("{{ 'x' * 10**9 }}", "a repeated string or list of more than 1,000,000 characters"),
+        ("{{ 2 ** 1001 }}", "an exponent above 1000"),
+        ("{{ lead_id|center(width=20000) }}", "center: a width above 10,000"),
+        ("{{ lead_id|indent('x' * 20000) }}", "indent: a width above 10,000"),
+        ("{{ lead_id|truncate(leeway=10**6) }}", "truncate: a width above 10,000"),
+        ("{{ data|tojson(indent=17) }}", "tojson: an indent above 16"),
+        ("{{ data|tojson(indent=2) }}", None),
+        ("{{ dict.fromkeys(range(3)) }}", "method 'fromkeys' is not available in templates"),
+        ("{{ lead_id.ljust(10) }}", "method 'ljust' is not available in templates"),
+        # a size the event gives is for the renderer to check
+        ("{{ lead_id|center(data.w|int) }}", None),
+        ("{% for i in range(data.w|int) %}{% endfor %}", None),
+        # the methods templates have stay valid
+        (
+            "{% for k, v in data.items() %}{{ loop.cycle('a', 'b') }}{{ k.upper() }}{{ v.split()|length }}"
+            "{% endfor %}{{ data.get('x', 'y') }}",
+            None,
+        ),
+    ],
+)
+def test_validation_refuses_constant_sizes_over_the_render_limits(text: str, problem: str | None) -> None:
+    problems = twig_problems(text, Platform.LMS)
+    assert problems == ([] if problem is None else [problem])

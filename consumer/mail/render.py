@@ -216,12 +216,32 @@ def render(
     rule_name: str | None = None,
     limits: RenderLimits = DEFAULT_LIMITS,
 ) -> Rendered:
-    """Render a rule's subject and body for ``event``."""
+    """Render a rule's subject and body for ``event`` (in this thread; the service renders Twig-style
+    templates in a worker process: :mod:`consumer.mail.render_worker`)."""
+    return render_values(
+        template_values(event, rule_id, rule_name),
+        subject=subject,
+        body=body,
+        use_twig=use_twig,
+        content_type=content_type,
+        limits=limits,
+    )
+
+
+def render_values(
+    values: Mapping[str, Any],
+    *,
+    subject: str,
+    body: str,
+    use_twig: bool,
+    content_type: ContentType | str = ContentType.TEXT,
+    limits: RenderLimits = DEFAULT_LIMITS,
+) -> Rendered:
+    """:func:`render` from the values :func:`template_values` gives."""
     try:
         kind = ContentType(content_type)
     except ValueError:
         raise RenderError(f"content_type: {content_type!r} is not text, html or all") from None
-    values = template_values(event, rule_id, rule_name)
     subject_text, subject_empty = render_template(
         subject, values, use_twig=use_twig, part="subject", limits=limits
     )

@@ -16,7 +16,7 @@ from consumer.mail.errors import (
 )
 from consumer.mail.message import BuiltMessage, build_message
 from consumer.mail.params import ConnectionParams
-from consumer.mail.render import render
+from consumer.mail.render_worker import RenderService
 from consumer.mail.transport import Transport
 from consumer.pipeline.result import DeliveryResult, Verdict
 from consumer.rules.matching import CompiledRule
@@ -29,6 +29,7 @@ class MailDeliverer:
         self.settings = settings
         self.transport = transport or Transport(settings.smtp)
         self.passwords = PasswordResolver(settings)
+        self.renderer = RenderService()
 
     def connection(self, rule: CompiledRule) -> ConnectionParams:
         """The SMTP server of a rule; raises SecretError when the deployment lacks what it names."""
@@ -38,7 +39,7 @@ class MailDeliverer:
         action = rule.action
         label = rule.connection_label
         try:
-            rendered = render(
+            rendered = await self.renderer.render(
                 event,
                 subject=action.subject,
                 body=action.body,
@@ -88,6 +89,7 @@ class MailDeliverer:
 
     async def close(self) -> None:
         await self.transport.close()
+        await self.renderer.close()
 
 
 def _described(built: BuiltMessage, empty: tuple[str, ...], label: str, attempts: int) -> DeliveryResult:
