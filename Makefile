@@ -10,7 +10,7 @@ KAFKA_PORT ?= 9092
 REGISTRY_PORT ?= 8081
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format kafka-up kafka-down registry-up registry-down demo bench chaos tools clean
+.PHONY: install test lint format kafka-up kafka-down registry-up registry-down demo bench chaos tools clean console-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ registry-down:
 
 demo: install kafka-up ## everything local: Kafka, an SMTP sink, sample rules and events
 	$(BIN)/eventmail demo
+
+console-screenshots: install tools ## docs/console/*.png: every console screen of a running demo, in Debian's chromium
+	$(BIN)/python deploy/console/screenshots.py
 
 bench: install kafka-up ## benchmarks; QUICK=1 for a short run
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
