@@ -282,7 +282,13 @@ class Settings(BaseSettings):
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """The librdkafka configuration common to every client of this deployment."""
-        config: dict[str, Any] = {"bootstrap.servers": self.kafka.bootstrap_servers}
+        from consumer.observability.logging import librdkafka_logger
+
+        # librdkafka's own lines go through the service's logging (structured, levels mapped).
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.kafka.bootstrap_servers,
+            "logger": librdkafka_logger(),
+        }
         config.update(self.kafka.extra)
         if self.kafka.sasl_password_file is not None:
             try:

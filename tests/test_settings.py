@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from consumer.errors import SettingsError
+from consumer.observability.logging import librdkafka_logger
 from consumer.settings import Encryption, load_settings
 
 
@@ -53,6 +54,7 @@ def test_environment_with_nesting_and_json(monkeypatch: pytest.MonkeyPatch) -> N
         "bootstrap.servers": "k1:9092,k2:9092",
         "security.protocol": "SASL_SSL",
         "sasl.password": "pw",
+        "logger": librdkafka_logger(),  # librdkafka's lines through the service's logging
     }
     assert s.topics.lms == "lms.prod"
     esp = s.esp_connections["default"]

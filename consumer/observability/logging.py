@@ -50,7 +50,11 @@ class RepeatFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        detail = str(getattr(record, "kafka_error", "") or getattr(record, "error", ""))
+        detail = str(
+            getattr(record, "kafka_error", "")
+            or getattr(record, "error", "")
+            or getattr(record, "kafka_log", "")
+        )
         key = (record.name, str(record.msg), _DIGITS.sub("#", detail))
         now = time.monotonic()
         with self._lock:
@@ -67,6 +71,37 @@ class RepeatFilter(logging.Filter):
 
 
 _DIGITS = re.compile(r"\d+")
+
+#: librdkafka's own log lines (``%3|...|FAIL|...`` on stderr by default) come here instead, levels
+#: mapped by confluent-kafka (syslog 0-2 critical, 3 error, 4 warning, 5-6 info, 7 debug).
+LIBRDKAFKA_LOGGER = "librdkafka"
+
+
+class _LibrdkafkaFields(logging.Filter):
+    """confluent-kafka logs ``"%s [%s] %s" % (facility, client, text)``: make them fields, so that a
+    line reads ``{"logger": "librdkafka", "msg": "librdkafka FAIL", "client": ..., "kafka_log": ...}``
+    and repeats of one failure are held back like other warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 3 and record.msg == "%s [%s] %s":
+            facility, client, text = args
+            record.msg, record.args = f"librdkafka {facility}", ()
+            record.client = str(client)
+            record.kafka_log = str(text)
+        return True
+
+
+def librdkafka_logger() -> logging.Logger:
+    """The logger every Kafka client of eventmail is given (librdkafka's ``logger`` option). Services
+    write it as structured lines through the root handler of :func:`configure_logging`; a CLI command,
+    which reports a failure as one stderr line of its own, shows none of it (a NullHandler keeps
+    Python's last-resort handler from printing them)."""
+    logger = logging.getLogger(LIBRDKAFKA_LOGGER)
+    if not logger.filters:
+        logger.addFilter(_LibrdkafkaFields())
+        logger.addHandler(logging.NullHandler())
+    return logger
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
