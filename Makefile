@@ -22,10 +22,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed ## a .venv with eventmail and its development tools
 
-tools: ## helm, kubeconform (go install), Debian's prometheus + promtool (apt-get download, in .cache) and chromium (apt-get)
+tools: ## helm, kubeconform (go install), Debian's prometheus + promtool (apt-get download, in .cache), chromium and kcat (apt-get)
 	deploy/helm/install-tools.sh
 	deploy/prometheus/install.sh
 	deploy/console/install-browser.sh
+	deploy/local/install-kcat.sh
 
 test: install tools ## unit, property, integration (real Kafka, real SMTP), helm checks, short chaos runs
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)

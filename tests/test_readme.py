@@ -29,7 +29,7 @@ from consumer.cli.main import _mount, cli
 from consumer.events.codec import EventDecoder
 from consumer.events.registry import registry_lookup
 from consumer.events.triggers import CALL_LOGIC_TRIGGERS, LMS_TRIGGERS, Platform
-from consumer.settings import SchemaRegistrySettings
+from consumer.settings import SchemaRegistrySettings, SmtpSettings
 from tests.support.kafka import TopicFactory, consume_all
 from tests.support.service import Deployment
 from tests.support.smtp import SMTPTestServer
@@ -126,8 +126,16 @@ def test_runnable_blocks_work_against_the_session_broker(
         decoder.decode(Platform.LMS, m.value(), m.headers())
         for m in consume_all(kafka_bootstrap, deployment.topics["lms"])
     ]
-    assert [e.event_id for e in events] == ["ev-2026-000123", "ev-2026-000124"]
+    assert [e.event_id for e in events] == [
+        "ev-2026-000123",  # the Python client
+        "ev-2026-000125",  # kcat: one record per line, keyed, with the content-type header
+        "ev-2026-000126",
+        "ev-2026-000124",  # the Confluent wire format
+    ]
     assert {e.product_id for e in events} == {"auto-insurance"}
+    kcat_records = consume_all(kafka_bootstrap, deployment.topics["lms"])[1:3]
+    assert [m.key() for m in kcat_records] == [b"L-125", b"L-126"]
+    assert all(dict(m.headers() or [])["content-type"] == b"application/json" for m in kcat_records)
 
 
 # --- checked without running -------------------------------------------------------------------------
@@ -180,6 +188,13 @@ def test_every_eventmail_command_and_option_exists() -> None:
     mentioned = {" ".join(shlex.split(c)[1:3]) for _, c in commands}
     for name in ("demo", "run", "aggregate", "usage", "logs", "placeholders"):
         assert any(m.startswith(name) for m in mentioned), f"the README never mentions eventmail {name}"
+
+
+def test_every_smtp_setting_is_documented() -> None:
+    text = README.read_text(encoding="utf-8")
+    rows = "\n".join(line for line in text.splitlines() if line.startswith("| `EVENTMAIL_SMTP__"))
+    for name in SmtpSettings.model_fields:
+        assert f"EVENTMAIL_SMTP__{name.upper()}" in rows or f"__{name.upper()}`" in rows, name
 
 
 def test_every_make_target_exists() -> None:
