@@ -429,3 +429,26 @@ def _answers(console: ServiceProcess) -> bool:
         return console.get("/healthz")[0] == 200
     except OSError:
         return False
+
+
+def test_the_test_email_form_shows_each_step(
+    page: Page, console: ServiceProcess, smtp_server: SMTPTestServer
+) -> None:
+    login(page, console, "ada", "ada-secret-1")
+    page.goto(console.url("/connections"))
+    page.select_option("select[name=connection]", "default")
+    page.fill("input[name=sender]", "tester@example.com")
+    page.fill("input[name=to]", "you@example.com")
+    page.click("#send-test")
+    assert page.locator("#test-outcome").inner_text().startswith("sent <")
+    steps = page.locator("#test-result .steps").inner_text()
+    assert f"127.0.0.1:{smtp_server.port}" in steps
+    assert len(smtp_server.messages) == 1
+    assert smtp_server.messages[0].rcpt_tos == ["you@example.com"]
+    page.select_option("select[name=connection]", "manual")
+    page.fill("input[name=host]", "127.0.0.1")
+    page.fill("input[name=port]", "1")
+    page.select_option("select[name=encryption]", "none")
+    page.fill("input[name=to]", "you@example.com")
+    page.click("#send-test")
+    assert page.locator("#test-outcome").inner_text().startswith("smtp test failed: ")

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import uuid
-from datetime import UTC, datetime
 
 import click
 from pydantic import SecretStr, ValidationError
@@ -25,10 +23,8 @@ from consumer.cli.common import CliState, fail, pass_state
 from consumer.errors import MailError, SecretError
 from consumer.mail.connections import connection_params
 from consumer.mail.errors import SendError
-from consumer.mail.message import MailAddress, build_message, check_address
 from consumer.mail.params import ConnectionParams
-from consumer.mail.render import Rendered
-from consumer.mail.transport import SendResult, Transport
+from consumer.mail.testmail import default_sender, send_test_mail
 from consumer.rules.model import EspConnectionRef, ManualConnection
 from consumer.settings import Encryption, Settings
 
@@ -83,47 +79,13 @@ def _params(
 def _sender(explicit: str | None, params: ConnectionParams, settings: Settings) -> str:
     """``--from``, else the login when it is an address, else the alerts' sender when it is a valid
     address; else a clear message that ``--from`` is needed."""
-    if explicit:
-        return explicit
-    if params.login and _valid_address(params.login):
-        return params.login
-    fallback = settings.alerts.sender
-    if _valid_address(fallback):
-        return fallback
-    return fail(
-        "smtp test: pass --from ADDR (the login is not an address and EVENTMAIL_ALERTS__SENDER "
-        f"{fallback!r} is not a valid sender)"
-    )
-
-
-def _valid_address(text: str) -> bool:
-    try:
-        check_address("sender", MailAddress(text))
-    except MailError:
-        return False
-    return True
-
-
-async def _send(
-    settings: Settings, params: ConnectionParams, sender: str, to: tuple[str, ...], subject: str
-) -> tuple[SendResult, str]:
-    now = datetime.now(UTC)
-    body = (
-        f"This is a test message from `eventmail smtp test`, sent through connection {params.name!r} "
-        f"at {now.isoformat(timespec='seconds')}.\n\nIf you can read it, the connection works.\n"
-    )
-    built = build_message(
-        Rendered(subject, body, None),
-        sender=MailAddress(sender, "eventmail"),
-        to=[MailAddress(address) for address in to],
-        event_id=f"smtp-test-{uuid.uuid4()}",
-        rule_id="smtp-test",
-        date=now,
-    )
-    smtp = settings.smtp.model_copy(update={"in_place_retries": 0})
-    async with Transport(smtp, trace=click.echo) as transport:
-        result = await transport.send(params, built.data, built.sender, built.recipients)
-    return result, built.message_id
+    sender = default_sender(explicit, params, settings)
+    if sender is None:
+        fail(
+            "smtp test: pass --from ADDR (the login is not an address and EVENTMAIL_ALERTS__SENDER "
+            f"{settings.alerts.sender!r} is not a valid sender)"
+        )
+    return sender
 
 
 @click.group("smtp")
@@ -196,7 +158,7 @@ def smtp_test(
         f"login {params.login or '(none)'}"
     )
     try:
-        result, message_id = asyncio.run(_send(settings, params, sender, to, subject))
+        result, message_id = asyncio.run(send_test_mail(settings, params, sender, to, subject, click.echo))
     except SendError as exc:
         fail(f"smtp test failed: {exc}")
     except MailError as exc:

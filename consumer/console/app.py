@@ -179,6 +179,7 @@ def build_app(settings: Settings, data: ConsoleData, local: bool = False) -> Sta
         Route("/alerts", viewer(console, views.alerts)),
         Route("/usage", viewer(console, views.usage)),
         Route("/connections", viewer(console, views.connections)),
+        Route("/connections/test", editor(console, views.connection_test), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     key = settings.console.session_key

@@ -9,23 +9,28 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
+from pydantic import SecretStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from consumer.cli.common import parse_duration
 from consumer.console.data import ConsoleUnavailable
 from consumer.console.forms import document_from_form, form_from_rule, place_problems
-from consumer.errors import CodecError, EventmailError, SecretError
+from consumer.errors import CodecError, EventmailError, MailError, SecretError
 from consumer.events.codec import EventDecoder
 from consumer.events.placeholders import DATA_PREFIX, placeholders_for
 from consumer.events.triggers import CALL_LOGIC_TRIGGERS, LMS_TRIGGERS, Platform
-from consumer.mail.errors import MessageError, RenderError
+from consumer.mail.connections import connection_params
+from consumer.mail.errors import MessageError, RenderError, SendError
+from consumer.mail.params import ConnectionParams
+from consumer.mail.testmail import default_sender, send_test_mail
 from consumer.outcomes.model import OutcomeStatus
 from consumer.rules.checks import RuleContext
 from consumer.rules.matching import compile_rule
-from consumer.rules.model import Rule
+from consumer.rules.model import EspConnectionRef, ManualConnection, Rule
 from consumer.rules.preview import MailPreview, preview
 from consumer.rules.validation import RuleValidationError, validate_rule
+from consumer.settings import Encryption
 
 if TYPE_CHECKING:
     from consumer.console.app import Console
@@ -362,8 +367,8 @@ async def usage(console: Console, request: Request) -> Response:
     )
 
 
-async def connections(console: Console, request: Request) -> Response:
-    rows = [
+def _connection_rows(console: Console) -> list[dict[str, Any]]:
+    return [
         {
             "name": name,
             "host": esp.host,
@@ -373,4 +378,71 @@ async def connections(console: Console, request: Request) -> Response:
         }
         for name, esp in sorted(console.settings.esp_connections.items())
     ]
-    return console.page(request, "connections.html", connections=rows)
+
+
+async def connections(console: Console, request: Request) -> Response:
+    return console.page(request, "connections.html", connections=_connection_rows(console), values={})
+
+
+_DEFAULT_PORTS = {Encryption.NONE: 25, Encryption.TLS: 587, Encryption.SSL: 465}
+
+
+async def connection_test(console: Console, request: Request) -> Response:
+    """The test email button: one message, each step shown as `eventmail smtp test` prints it."""
+    form = await request.form()
+    values = {key: str(form.get(key) or "") for key in form if key not in ("csrf", "password")}
+    steps: list[str] = []
+    outcome: str
+    ok = False
+    try:
+        params = _test_params(console, form)
+        sender = default_sender(values.get("sender") or None, params, console.settings)
+        to = tuple(address.strip() for address in values.get("to", "").split(",") if address.strip())
+        if sender is None:
+            outcome = "give a sender: the login is not an address and EVENTMAIL_ALERTS__SENDER is not valid"
+        elif not to:
+            outcome = "give at least one recipient"
+        else:
+            steps.append(f"connection {params.name}: {params.address}, encryption {params.encryption.value}")
+            subject = values.get("subject") or "eventmail test message"
+            result, message_id = await send_test_mail(
+                console.settings, params, sender, to, subject, steps.append
+            )
+            refused = "".join(f"; refused {address}: {reply}" for address, reply in result.refused.items())
+            outcome = f"sent {message_id} to {', '.join(result.accepted)}{refused}"
+            ok = not result.refused
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem.get("loc", ())) or "connection"
+        outcome = f"the connection is not valid: {where}: {problem.get('msg')}"
+    except ValueError as exc:
+        outcome = f"the connection is not valid: {exc}"
+    except SendError as exc:
+        outcome = f"smtp test failed: {exc}"
+    except (MailError, SecretError) as exc:
+        outcome = f"smtp test: {exc}"
+    return console.page(
+        request,
+        "connections.html",
+        connections=_connection_rows(console),
+        values=values,
+        steps=steps,
+        outcome=outcome,
+        ok=ok,
+    )
+
+
+def _test_params(console: Console, form: Any) -> ConnectionParams:
+    name = str(form.get("connection") or "")
+    if name and name != "manual":
+        if name not in console.settings.esp_connections:
+            raise ValueError(f"no ESP connection named {name!r}")
+        return connection_params(console.settings, EspConnectionRef(type="esp", name=name))
+    mode = Encryption(str(form.get("encryption") or "tls"))
+    port = str(form.get("port") or "") or str(_DEFAULT_PORTS[mode])
+    login = str(form.get("login") or "") or None
+    password = str(form.get("password") or "")
+    ref = ManualConnection(
+        type="manual", host=str(form.get("host") or ""), port=int(port), encryption=mode, login=login
+    )
+    return connection_params(console.settings, ref, password=SecretStr(password) if password else None)
