@@ -49,9 +49,9 @@ SERVICE_ORDER = ("run", "aggregate")
 LABELS: dict[str, str] = {
     "platform": "`lms` or `call_logic` (from the topic the event came from)",
     "trigger": "the event's trigger, one of its platform's triggers (e.g. `lead_sold`, `amd`)",
-    "connection": "on `eventmail_mails_*`: the rule's connection, `esp:NAME` (a name of "
-    "`EVENTMAIL_ESP_CONNECTIONS`) or `manual:HOST:PORT`; on `eventmail_smtp_*`: the ESP connection's "
-    "`NAME`, or `manual` for every rule's own server",
+    "connection": "the ESP connection's `NAME` (of `EVENTMAIL_ESP_CONNECTIONS`), or for a rule's own "
+    "server (`type: manual`) `manual-` and 8 hex digits of a hash of its host and port, the same in "
+    "every process; after 64 distinct servers in one process, `manual-other`",
     "reason": "a short class of the failure: `smtp_4xx`, `smtp_5xx`, `timeout`, `connection`, `tls`, "
     "`auth`, `circuit_open`, `deadline` (retried until `EVENTMAIL_PIPELINE__RETRY_DEADLINE_SECONDS`), "
     "`render`, `config` …",
@@ -63,6 +63,28 @@ LABELS: dict[str, str] = {
     "service": "`run` or `aggregate`",
     "kind": "`fired` or `resolved`",
 }
+
+#: How many series a process serves (tests/test_prometheus_metrics.py measures it against this).
+CARDINALITY = [
+    "## Cardinality",
+    "",
+    "The number of series does not depend on the number of events, rules, recipients or products:",
+    "10,000 distinct events through 100 rules serve exactly the series the first 1,000 did",
+    "(tests/test_prometheus_metrics.py). `eventmail run` serves at most",
+    "",
+    "    78 + 84 + 2 * 20 + 4 + C * (21 + 4 * R) + P + 2 * K",
+    "",
+    "series: 84 for the 21 (platform, trigger) pairs (events consumed, rules matched), 20 per platform",
+    "(decode failures, the end-to-end latency histogram), 2 per event topic (dead letters), per",
+    "connection `C` 21 (mails sent, the send-duration histogram, the circuit) and 4 per failure reason",
+    "`R` (mails failed, retried), one lag gauge per assigned partition `P`, 2 per librdkafka error",
+    "code `K`, and 78 fixed ones (outcome statuses, unlabelled metrics, the process and Python",
+    "collectors). A counter counts twice (`_total`, `_created`), a histogram 19 times. `C` is the",
+    "ESP connections plus the distinct servers of rules, at most 64 of those (then `manual-other`);",
+    "`R` at most the dozen reasons under [Labels](#labels). With 4 connections, 4 reasons and 6",
+    "partitions that is under 400 series.",
+    "",
+]
 
 _SECTION = re.compile(r"^# -+ (?P<title>.+?) -+\s*$")
 
@@ -208,6 +230,7 @@ def render(docs: Sequence[MetricDoc] | None = None) -> str:
             bounds = ", ".join(_seconds(b) for b in doc.buckets)
             lines.append(f"- `{doc.name}`: {bounds} (and `+Inf`)")
         lines.append("")
+    lines += CARDINALITY
     used = [label for label in dict.fromkeys(label for doc in docs for label in doc.labels)]
     lines += ["## Labels", "", "| label | values | on |", "|---|---|---|"]
     for label in used:

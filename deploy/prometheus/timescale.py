@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Print a Prometheus rule file with its time scale shrunk, for end-to-end tests that cannot wait for
-the shipped durations: every ``for:`` and every range selector (``[15m]``) is divided by FACTOR and
+the shipped durations: every ``for:``, range selector (``[15m]``) and ``offset`` is divided by FACTOR and
 written in seconds (rounded up, at least 1 s; ``0m`` stays 0). Nothing else changes: the thresholds,
 labels and annotations are the shipped ones.
 
@@ -32,7 +32,7 @@ def scaled(amount: str, unit: str, factor: float) -> str:
 
 
 def timescale(text: str, factor: float) -> str:
-    """``text`` (a rule file) with every ``for:`` and range-selector duration divided by ``factor``."""
+    """``text`` (a rule file) with every ``for:``, range and offset duration divided by ``factor``."""
     if factor <= 0:
         raise ValueError(f"FACTOR must be positive, not {factor}")
     text = re.sub(
@@ -41,7 +41,10 @@ def timescale(text: str, factor: float) -> str:
         text,
         flags=re.M,
     )
-    return re.sub(rf"\[{_DURATION}\]", lambda m: "[" + scaled(m.group(1), m.group(2), factor) + "]", text)
+    text = re.sub(rf"\[{_DURATION}\]", lambda m: "[" + scaled(m.group(1), m.group(2), factor) + "]", text)
+    return re.sub(
+        rf"\boffset\s+{_DURATION}\b", lambda m: "offset " + scaled(m.group(1), m.group(2), factor), text
+    )
 
 
 def main(argv: list[str]) -> int:
