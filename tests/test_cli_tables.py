@@ -5,11 +5,13 @@ interpreted (and never crash the command)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from rich.console import Console
 
 from consumer.cli.logs import outcome_table
 from consumer.cli.tables import TextTable
+from consumer.demo.runner import Demo, Options
 from consumer.outcomes.model import Outcome, OutcomeStatus
 
 HOSTILE = ["Order [js-0073]", "[/oops]", "[bold red]x[/]", ":smile:", "[link=http://e.example]y[/link]"]
@@ -49,3 +51,10 @@ def test_outcome_table_shows_subject_and_error_as_text() -> None:
     assert "[red]ops[/red] <ops@example.com>" in out
     assert "log [/x]" in out
     assert "failed" in out
+
+
+def test_demo_steps_print_paths_and_names_as_text(tmp_path: Path) -> None:
+    console = Console(width=400, record=True, color_system=None)
+    demo = Demo(Options(output=tmp_path / "out [/oops]"), console)
+    demo._step(f"output in {demo.output} [bold]rules[/bold]")
+    assert f"✓ output in {tmp_path}/out [/oops] [bold]rules[/bold]" in console.export_text()

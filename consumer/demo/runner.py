@@ -23,6 +23,7 @@ from types import FrameType
 
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from consumer.cli.logs import outcome_table
 from consumer.demo import rules as demo_rules
@@ -131,7 +132,7 @@ class Demo:
         self.hurry = True
 
     def _step(self, text: str) -> None:
-        self.console.print(f"[green]✓[/] {text}")
+        self.console.print(Text.assemble(("✓", "green"), " ", text))  # paths, names: text, not markup
 
     # --- start -----------------------------------------------------------------------------------------
     def _prepare_output(self) -> None:
@@ -385,7 +386,7 @@ class Demo:
             try:
                 step()
             except Exception as exc:
-                self.console.print(f"[red]stopping {what} failed: {type(exc).__name__}: {exc}[/]")
+                self.console.print(Text(f"stopping {what} failed: {type(exc).__name__}: {exc}", style="red"))
 
     def _close_kafka_log(self) -> None:
         if self._kafka_log is not None:
