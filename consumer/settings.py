@@ -42,6 +42,8 @@ class KafkaSettings(BaseModel):
     #: A file holding the SASL password (``sasl.password``), e.g. a mounted Kubernetes Secret; read
     #: whenever a client is made, never logged.
     sasl_password_file: Path | None = None
+    #: The SASL user (``sasl.username``): one per component, each with its own ACLs.
+    sasl_username: str | None = None
 
     @field_validator("sasl_password_file")
     @classmethod
@@ -290,6 +292,8 @@ class Settings(BaseSettings):
             "logger": librdkafka_logger(),
         }
         config.update(self.kafka.extra)
+        if self.kafka.sasl_username is not None:
+            config["sasl.username"] = self.kafka.sasl_username
         if self.kafka.sasl_password_file is not None:
             try:
                 config["sasl.password"] = self.kafka.sasl_password_file.read_text(encoding="utf-8").strip()

@@ -76,6 +76,16 @@ spec:
           env:
             - name: EVENTMAIL_HTTP__PORT
               value: {{ $values.port | quote }}
+            {{- with $values.kafkaCredentials }}
+            {{- if .username }}
+            - name: EVENTMAIL_KAFKA__SASL_USERNAME
+              value: {{ .username | quote }}
+            {{- end }}
+            {{- if and .secretName .passwordKey }}
+            - name: EVENTMAIL_KAFKA__SASL_PASSWORD_FILE
+              value: {{ printf "%s/%s" (trimSuffix "/" .mountPath) .passwordKey | quote }}
+            {{- end }}
+            {{- end }}
             {{- with $values.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -92,10 +102,26 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- with $values.kafkaCredentials }}
+            {{- if .secretName }}
+            - name: kafka-credentials
+              mountPath: {{ .mountPath }}
+              readOnly: true
+            {{- end }}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
             sizeLimit: {{ $root.Values.tmpSizeLimit }}
+        {{- with $values.kafkaCredentials }}
+        {{- if .secretName }}
+        {{- /* Kafka credentials as files (SCRAM password, CA): never in the environment. */}}
+        - name: kafka-credentials
+          secret:
+            secretName: {{ .secretName }}
+            defaultMode: 0440
+        {{- end }}
+        {{- end }}
       {{- with $values.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
