@@ -140,6 +140,7 @@ class RuleStore:
     def load(self, timeout: float = 30.0) -> RuleIndex:
         """Read the topic to its high watermarks once, without a thread (for the CLI). Raises RuleError."""
         consumer = Consumer(self._config)
+        self.calls.give_up_after = min(self.calls.give_up_after, timeout)  # transient errors: within it
         try:
             deadline = time.monotonic() + timeout
             ends = self._assign(consumer, retry=False)
