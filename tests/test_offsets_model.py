@@ -39,6 +39,10 @@ class OffsetsModel(RuleBasedStateMachine):
         self.log_end = dict.fromkeys(TPS, 0)
         #: Offsets whose outcome is durable (written by this member or another one).
         self.durable: dict[TopicPartitionKey, set[int]] = {tp: set() for tp in TPS}
+        self.markers: dict[TopicPartitionKey, set[int]] = {tp: set() for tp in TPS}
+        #: The consumer's position per partition, kept by librdkafka across assignments.
+        self.stale_positions: dict[TopicPartitionKey, int] = {}
+        self.seen_record: dict[TopicPartitionKey, bool] = {}
         self.group_committed: dict[TopicPartitionKey, int | None] = dict.fromkeys(TPS)
         self.fetch_pos: dict[TopicPartitionKey, int] = {}
         #: The last offset this member committed in the current assignment of each partition.
@@ -53,6 +57,13 @@ class OffsetsModel(RuleBasedStateMachine):
     @rule(tp=tps, n=st.integers(1, 20))
     def produce(self, tp: TopicPartitionKey, n: int) -> None:
         self.log_end[tp] += n
+
+    @rule(tp=tps)
+    def transaction_marker(self, tp: TopicPartitionKey) -> None:
+        """An offset that holds no record (a transaction's commit marker): never handed over."""
+        self.markers[tp].add(self.log_end[tp])
+        self.durable[tp].add(self.log_end[tp])
+        self.log_end[tp] += 1
 
     @rule(tp=tps)
     def other_member_advances(self, tp: TopicPartitionKey) -> None:
@@ -70,6 +81,7 @@ class OffsetsModel(RuleBasedStateMachine):
         committed = self.group_committed[tp]
         self.table.assign(tp, NO_OFFSET if committed is None else committed)
         self.fetch_pos[tp] = committed or 0
+        self.seen_record[tp] = False
         self.assignment_commits[tp] = committed
         self.failed[tp] = set()
 
@@ -107,9 +119,12 @@ class OffsetsModel(RuleBasedStateMachine):
             return
         start = self.fetch_pos[tp]
         for offset in range(start, min(self.log_end[tp], start + n)):
-            part.offsets.started(offset)
-            self.fetched.append(Fetched(offset, part))
+            if offset not in self.markers[tp]:
+                part.offsets.started(offset)
+                self.fetched.append(Fetched(offset, part))
+                self.seen_record[tp] = True
             self.fetch_pos[tp] = offset + 1
+            self.stale_positions[tp] = offset + 1
 
     @precondition(lambda self: bool(self.fetched))
     @rule(index=st.integers(0, 1000), needs_mail=st.booleans())
@@ -172,12 +187,21 @@ class OffsetsModel(RuleBasedStateMachine):
         if self.table.owns(part):
             self.failed[part.key].add(offset)
 
+    def _positions(self) -> dict[TopicPartitionKey, int]:
+        """The consumer's positions; a partition given back may report the position of its earlier
+        assignment until a record of the new one is consumed."""
+        positions = dict(self.stale_positions)
+        for tp, pos in self.fetch_pos.items():
+            if self.seen_record.get(tp):
+                positions[tp] = pos
+        return positions
+
     @rule()
     def commit(self) -> None:
         self._commit(None)
 
     def _commit(self, keys: set[TopicPartitionKey] | None) -> None:
-        offsets = self.table.committable(keys)
+        offsets = self.table.committable(keys, self._positions())
         for tp, offset in offsets.items():
             missing = set(range(offset)) - self.durable[tp]
             assert not missing, (
@@ -210,10 +234,10 @@ class OffsetsModel(RuleBasedStateMachine):
             )
             if not everything_done:
                 continue
-            offset = part.offsets.committable()
+            offset = self.table.committable({tp}, self._positions()).get(tp)
             if floor is not None and floor >= end:
                 assert offset is None, f"{tp}: {offset} committable at the end {end}"
-            elif part.offsets.next_offset is not None:
+            elif end > (floor or 0) and self.seen_record[tp]:
                 assert offset == end, f"{tp}: everything done, yet {offset} committable, not {end}"
 
     @invariant()

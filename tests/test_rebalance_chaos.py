@@ -1,11 +1,13 @@
 """Rebalances under load: ``eventmail run`` replicas join, leave (SIGTERM) and die (``kill -9``)
 while a backlog of mail flows to an ESP-like sink (20 ms per reply, 100 ms for DATA).
 
-Afterwards the group's committed offsets reach the end of every partition (events and retries),
-every mail arrived, with its original Message-ID and a ``sent`` outcome, and the only copies are of
-mails in flight at a kill (at most the in-flight bound per kill; a SIGTERM or a rebalance makes
-none). Figures in docs/reliability.md ("Rebalances"). The short version runs in ``make test``, the
-long one (more mail, more moves, in random order) in ``make chaos``.
+The sink answers 451 to a share of the messages, so retries through the retry topic are waiting and
+being sent while partitions move. Afterwards the group's committed offsets reach the end of every
+partition (events and retries), every mail arrived, with its original Message-ID and a ``sent``
+outcome, and the only copies are of mails in flight at a kill (at most the in-flight bound per kill):
+without kills, every mail arrives exactly once. Figures in docs/reliability.md ("Rebalances"). The
+short version (joins, leaves, SIGTERMs) runs in ``make test``, the long one (more mail, more moves
+in random order, kills among them) in ``make chaos``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from pathlib import Path
 import pytest
 
 from consumer.mail.message import message_id_for
-from tests.chaos_support import FAST, Replicas, SinkProcess, Tally, group_lag, wait_sent_outcomes, wait_until
+from tests.chaos_support import (
+    FAST,
+    QUICK_RETRIES,
+    Replicas,
+    SinkProcess,
+    Tally,
+    group_lag,
+    wait_sent_outcomes,
+    wait_until,
+)
 from tests.factories import make_event
 from tests.pipeline_support import apply_rules, publish, rule_doc
 from tests.support.kafka import TopicFactory
@@ -40,14 +51,16 @@ def _scenario(
     name: str,
     count: int,
     moves: list[str],
+    fail_rate: float,
+    seed: int,
 ) -> Tally:
     deployment = Deployment.create(kafka_bootstrap, topic_factory, partitions=6)
-    sink = SinkProcess(tmp_path, profile="esp").start()
+    sink = SinkProcess(tmp_path, profile="esp", fail_rate=fail_rate, fail_code=451, seed=seed).start()
     deployment.with_esp({"default": sink.esp(max_connections=POOL)})
     apply_rules(deployment, tmp_path, rule_doc(RULE, action={"subject": "Rebalance {{ lead_id }}"}))
     events = [make_event(lead_id=f"R{i}") for i in range(count)]
     expected = {message_id_for(e.event_id, RULE) for e in events}
-    env = deployment.env(**FAST, EVENTMAIL_PIPELINE__MAX_IN_FLIGHT=str(IN_FLIGHT))
+    env = deployment.env(**FAST, **QUICK_RETRIES, EVENTMAIL_PIPELINE__MAX_IN_FLIGHT=str(IN_FLIGHT))
     publish(deployment, events)  # the backlog is there before anyone reads it
     started = time.monotonic()
     replicas = Replicas(env, tmp_path, ["a", "b"])
@@ -90,7 +103,13 @@ def _scenario(
         sink.message_ids(),
         outcomes,
         seconds,
-        extra={"moves": len(moves), "kills": kills, "uncommitted": sum(lag.values()), "log": " ".join(done)},
+        extra={
+            "moves": len(moves),
+            "kills": kills,
+            "answered_451": sink.counters()["failed"],
+            "uncommitted": sum(lag.values()),
+            "log": " ".join(done),
+        },
     )
     tally.report(capsys)
     assert all(n == 0 for n in lag.values()), f"the group's commits stop short of the end: {lag}"
@@ -99,13 +118,16 @@ def _scenario(
     assert tally.outcome_duplicates == 0
     assert tally.copies <= kills * IN_FLIGHT, f"{tally.copies} copies after {kills} kills"
     assert all(n <= 1 + kills for n in tally.copied.values())
+    if fail_rate:
+        assert sink.counters()["failed"] > 0, "no 451 was answered: nothing went through the retry topic"
     return tally
 
 
-def test_replicas_joining_leaving_and_dying_under_a_backlog(
+def test_replicas_joining_and_leaving_under_a_backlog_with_retries(
     kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Short version (make test): 800 mails, 3 replicas, two leaves, a join and two kills."""
+    """Short version (make test): 800 mails, 20 % answered 451 at first; c joins, b and a leave
+    with SIGTERM and come back, c leaves. No kill: each mail must arrive exactly once."""
     _scenario(
         kafka_bootstrap,
         topic_factory,
@@ -113,7 +135,9 @@ def test_replicas_joining_leaving_and_dying_under_a_backlog(
         capsys,
         name="rebalances (short)",
         count=800,
-        moves=["join:c", "term:b", "kill:a", "leave:c", "kill:b"],
+        moves=["join:c", "term:b", "leave:c", "term:a", "join:c"],
+        fail_rate=0.2,
+        seed=13,
     )
 
 
@@ -141,5 +165,13 @@ def test_replicas_joining_leaving_and_dying_at_random_under_a_backlog(
             running.discard(who)
         moves.append(f"{kind}:{who}")
     _scenario(
-        kafka_bootstrap, topic_factory, tmp_path, capsys, name="rebalances (random)", count=5000, moves=moves
+        kafka_bootstrap,
+        topic_factory,
+        tmp_path,
+        capsys,
+        name="rebalances (random)",
+        count=5000,
+        moves=moves,
+        fail_rate=0.1,
+        seed=14,
     )

@@ -75,6 +75,16 @@ class PartitionOffsets:
             return None
         return low
 
+    def passed(self, position: int) -> None:
+        """The consumer's position is ``position``: what lies below it and was never handed over is
+        no record (a transaction's commit marker, an aborted transaction's records), so once nothing
+        is pending the partition is done up to there. Only once a record of this assignment was
+        seen: before it, the position may still be one of an earlier assignment of the partition."""
+        if self._pending or self.next_offset is None or position <= self.next_offset:
+            return
+        if self.committed is None or position > self.committed:
+            self.next_offset = position
+
     def mark_committed(self, offset: int) -> None:
         if self.committed is None or offset > self.committed:
             self.committed = offset

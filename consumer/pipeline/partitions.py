@@ -94,9 +94,17 @@ class PartitionTable(Generic[TaskT]):
             return list(self._parts.values())
         return [p for p in (self._parts.get(k) for k in keys) if p is not None]
 
-    def committable(self, keys: Iterable[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
+    def committable(
+        self,
+        keys: Iterable[TopicPartitionKey] | None = None,
+        positions: dict[TopicPartitionKey, int] | None = None,
+    ) -> dict[TopicPartitionKey, int]:
+        """What may be committed; ``positions`` (the consumer's, per partition) let a partition that is
+        done pass the offsets that hold no record (see PartitionOffsets.passed)."""
         out: dict[TopicPartitionKey, int] = {}
         for part in self.select(keys):
+            if positions is not None and part.key in positions:
+                part.offsets.passed(positions[part.key])
             offset = part.offsets.committable()
             if offset is not None:
                 out[part.key] = offset

@@ -24,13 +24,13 @@ from typing import Any, Literal
 from confluent_kafka import Message
 
 from consumer.errors import CodecError
+from consumer.kafka_retry import BrokerCalls
 from consumer.observability.metrics import READY
 from consumer.pipeline.dedup import read_delivered
 from consumer.pipeline.offsets import TopicPartitionKey, position
 from consumer.pipeline.partitions import Partition, PartitionTable
 from consumer.pipeline.records import RecordProcessor
 from consumer.pipeline.retry import RetryRecord
-from consumer.pipeline.transient import TransientRetry
 from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Pipeline:
         self._retry_pending = 0
         self.fatal: str | None = None
         #: Retries of the start-up reads made in the rebalance callbacks (the source thread's).
-        self.reads = TransientRetry()
+        self.reads = BrokerCalls(give_up_after=300.0)
         # The processor's deliveries take these slots: the pipeline sees which tasks are sending.
         processor.mail_slots = SendSlots(settings.pipeline.max_in_flight, self._sending)
 
@@ -187,9 +187,13 @@ class Pipeline:
         if dropped:
             self.loop.call_soon_threadsafe(self._cancel_now, dropped)
 
-    def committable(self, partitions: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
+    def committable(
+        self,
+        partitions: set[TopicPartitionKey] | None = None,
+        positions: dict[TopicPartitionKey, int] | None = None,
+    ) -> dict[TopicPartitionKey, int]:
         with self._lock:
-            return self._parts.committable(partitions)
+            return self._parts.committable(partitions, positions)
 
     def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
         with self._lock:
@@ -199,7 +203,8 @@ class Pipeline:
         return self._event_pending, self._retry_pending
 
     def stuck_since(self) -> float | None:
-        return self.reads.stuck_since
+        retrying = self.reads.retrying
+        return None if retrying is None else retrying.since
 
     def spans(self) -> dict[TopicPartitionKey, int]:
         """Per partition owned, how many offsets are held uncommitted (see PartitionOffsets.span)."""

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumer.kafka_retry import BrokerCalls, RetryStopped, is_retriable
 from consumer.observability.metrics import CONSUMER_LAG, KAFKA_ERRORS, PARTITIONS_PAUSED
 from consumer.pipeline.offsets import TopicPartitionKey
-from consumer.pipeline.transient import TransientRetry, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,11 @@ class SourceHandler(Protocol):
     def on_lost(self, partitions: set[TopicPartitionKey]) -> None: ...
 
     def committable(
-        self, partitions: set[TopicPartitionKey] | None = None
-    ) -> dict[TopicPartitionKey, int]: ...
+        self,
+        partitions: set[TopicPartitionKey] | None = None,
+        positions: dict[TopicPartitionKey, int] | None = None,
+    ) -> dict[TopicPartitionKey, int]:
+        """Offsets safe to commit; ``positions`` are the consumer's (past transaction markers)."""
 
     def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None: ...
 
@@ -127,7 +130,7 @@ class SourceConsumer:
         self._retries_held = False
         self._ahead: set[TopicPartitionKey] = set()
         #: Retries of this thread's broker calls inside the rebalance callbacks.
-        self.calls = TransientRetry(budget=callback_retry_seconds, stop=self._stop)
+        self.calls = BrokerCalls(give_up_after=callback_retry_seconds, stop=self._stop)
         self._callback_since: float | None = None
         self.assignment_received = threading.Event()
         self.last_loop = time.monotonic()
@@ -169,6 +172,9 @@ class SourceConsumer:
                 consumer.resume(partitions)
             offsets = self._committed(consumer, partitions) if partitions else {}
             self._handler.on_assigned(offsets)
+        except RetryStopped:  # stopping while the broker was away: nothing to start
+            log.info("partition assignment abandoned: stopping")
+            return
         except Exception as exc:  # never out of a callback: librdkafka would lose it inside poll
             log.exception("partition assignment failed; stopping")
             self._on_fatal(f"partition assignment failed: {type(exc).__name__}: {exc}")
@@ -334,7 +340,7 @@ class SourceConsumer:
         self, keys: set[TopicPartitionKey] | None, asynchronous: bool, retry_for: float = 0.0
     ) -> None:
         scope = self._assigned if keys is None else keys & self._assigned
-        offsets = self._handler.committable(scope)
+        offsets = self._handler.committable(scope, self._positions(scope))
         if not offsets:
             return
         listed = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -350,7 +356,7 @@ class SourceConsumer:
             try:
                 self._consumer.commit(offsets=listed, asynchronous=False)
             except KafkaException as exc:
-                if is_transient(exc) and time.monotonic() + pause < deadline and not self._stop.is_set():
+                if is_retriable(exc) and time.monotonic() + pause < deadline and not self._stop.is_set():
                     log.warning("commit failed; retrying", extra={"error": str(exc)[:300]})
                     self._stop.wait(pause)  # a pause between attempts, cut short by stop
                     pause = min(pause * 2, 2.0)
@@ -359,6 +365,16 @@ class SourceConsumer:
                 return
             self._handler.mark_committed(offsets)
             return
+
+    def _positions(self, scope: set[TopicPartitionKey]) -> dict[TopicPartitionKey, int] | None:
+        """The consumer's positions (the offset after the last record or marker it passed)."""
+        if not scope:
+            return None
+        try:
+            listed = self._consumer.position([TopicPartition(t, p) for t, p in scope])
+        except KafkaException:
+            return None
+        return {(p.topic, p.partition): p.offset for p in listed if p.offset >= 0}
 
     @staticmethod
     def _commit_failed(exc: KafkaException) -> None:
@@ -386,7 +402,8 @@ class SourceConsumer:
         callback that is making progress (a drain, an outcome read-back), or a broker call has been
         retried on transient errors for ``stale_after`` seconds."""
         now = time.monotonic()
-        for stuck in (self.calls.stuck_since, self._handler.stuck_since()):
+        retrying = self.calls.retrying
+        for stuck in (None if retrying is None else retrying.since, self._handler.stuck_since()):
             if stuck is not None and now - stuck >= stale_after:
                 return False
         if self._thread.ident is None:
