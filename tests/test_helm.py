@@ -36,6 +36,7 @@ NAMESPACE = "eventmail"
 
 CORE_KINDS = {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget", "ServiceAccount"}
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
+OPTIONAL_KINDS = {"Ingress"}  # the console's
 SECRET_ENV = {
     "EVENTMAIL_ESP_CONNECTIONS",
     "EVENTMAIL_SECRET_KEY",
@@ -151,7 +152,8 @@ def test_helm_lint_strict(helm: Path, values: Path | None) -> None:
 def test_manifests_are_valid_kubernetes(rendered: dict[str, list[Manifest]], name: str) -> None:
     manifests = rendered[name]
     kinds = {m["kind"] for m in manifests}
-    assert kinds <= CORE_KINDS | CRD_KINDS, f"unexpected kinds {kinds - CORE_KINDS - CRD_KINDS}"
+    allowed = CORE_KINDS | CRD_KINDS | OPTIONAL_KINDS
+    assert kinds <= allowed, f"unexpected kinds {kinds - allowed}"
     for manifest in manifests:
         if manifest["kind"] in CRD_KINDS:
             continue  # no schema in kubernetes-validate; checked structurally below
@@ -167,7 +169,8 @@ def test_default_and_full_render_what_they_enable(rendered: dict[str, list[Manif
     default = {m["kind"] for m in rendered["default"]}
     assert default == CORE_KINDS
     full = {m["kind"] for m in rendered["full"]}
-    assert full == (CORE_KINDS - {"Secret"}) | CRD_KINDS  # full uses existingSecret
+    assert full == (CORE_KINDS - {"Secret"}) | CRD_KINDS | OPTIONAL_KINDS  # full uses existingSecret
+    assert not [m for m in rendered["default"] if m["metadata"]["name"].endswith("-console")]
     minimal = rendered["minimal"]
     assert {m["kind"] for m in minimal} == {"Deployment", "Service", "ConfigMap", "Secret"}
     assert one(minimal, "Deployment")["metadata"]["labels"]["app.kubernetes.io/component"] == "consumer"
@@ -394,6 +397,32 @@ def test_values_schema_rejects_mistakes(helm: Path) -> None:
     assert "secretConfig" in render_fails(helm, "--set", "secretConfig.esp_connections.x.port=70000")
 
 
+def test_console_component(helm: Path, rendered: dict[str, list[Manifest]]) -> None:
+    manifests = rendered["full"]
+    main = container(one(manifests, "Deployment", "console"))
+    assert main["args"] == ["console"]
+    assert main["ports"] == [{"name": "http", "containerPort": 9410, "protocol": "TCP"}]
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    assert env["EVENTMAIL_CONSOLE__PORT"] == "9410"
+    assert env["EVENTMAIL_CONSOLE__AUTH"] == "proxy"
+    assert env["EVENTMAIL_CONSOLE__PROXY_HEADER"] == "X-Auth-Request-User"
+    assert json.loads(env["EVENTMAIL_CONSOLE__TRUSTED_PROXIES"]) == ["10.0.0.0/8"]
+    assert json.loads(env["EVENTMAIL_CONSOLE__EDITORS"]) == ["ada", "grace"]
+    assert {"secretRef": {"name": "eventmail-console"}} in main["envFrom"]
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    ingress = one(manifests, "Ingress", "console")["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    backend = ingress["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "eventmail-console", "port": {"name": "http"}}
+    assert one(manifests, "Service", "console")["spec"]["ports"][0]["port"] == 9410
+    refused = render_fails(helm, "--set", "console.enabled=true")
+    assert "console.auth=password needs console.existingSecret" in refused
+    password = render(helm, "--set", "console.enabled=true", "--set", "console.existingSecret=users")
+    env = {e["name"]: e.get("value") for e in container(one(password, "Deployment", "console"))["env"]}
+    assert env["EVENTMAIL_CONSOLE__AUTH"] == "password"
+    assert "console.auth" in render_fails(helm, "--set", "console.auth=none")
+
+
 def test_values_schema_covers_every_setting() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     covered: set[str] = set()
@@ -411,8 +440,10 @@ def test_values_schema_covers_every_setting() -> None:
         if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
     }
     assert covered <= known
-    # Every leaf setting can be given through the chart; the HTTP port is set per component.
-    assert known - groups - covered == {"EVENTMAIL_HTTP__PORT"}
+    # Every leaf setting can be given through the chart; the HTTP port is set per component and the
+    # console's settings by its component (console.*, its Secret, console.extraEnv).
+    console = {name for name in known if name.startswith("EVENTMAIL_CONSOLE__")}
+    assert known - groups - covered - console == {"EVENTMAIL_HTTP__PORT"}
 
 
 def test_pod_disruption_budgets_select_their_pods(rendered: dict[str, list[Manifest]]) -> None:
@@ -437,9 +468,21 @@ def test_service_monitor(rendered: dict[str, list[Manifest]]) -> None:
         {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
     ]
     selector = monitor["spec"]["selector"]["matchLabels"]
+    (expression,) = monitor["spec"]["selector"]["matchExpressions"]
+    assert expression == {
+        "key": "app.kubernetes.io/component",
+        "operator": "In",
+        "values": ["consumer", "aggregator"],
+    }
     services = of_kind(manifests, "Service")
-    assert len(services) == 2
-    for service in services:
+    scraped = [s for s in services if s["metadata"]["labels"][expression["key"]] in expression["values"]]
+    assert {s["metadata"]["labels"][expression["key"]] for s in services} == {
+        "consumer",
+        "aggregator",
+        "console",
+    }
+    assert len(scraped) == 2  # the console has no /metrics
+    for service in scraped:
         assert selector.items() <= service["metadata"]["labels"].items()
         assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
 

@@ -1,6 +1,6 @@
 {{/*
 The objects every component has: Deployment, metrics Service, PodDisruptionBudget.
-Context: dict "root" $ "component" "consumer"|"aggregator" "command" "run"|"aggregate".
+Context: dict "root" $ "component" "consumer"|"aggregator"|"console" "command" "run"|"aggregate"|"console".
 */}}
 
 {{- define "eventmail.deployment" -}}
@@ -70,12 +70,28 @@ spec:
                 name: {{ include "eventmail.configMapName" $root }}
             - secretRef:
                 name: {{ include "eventmail.secretName" $root }}
+            {{- if and (eq .component "console") $values.existingSecret }}
+            - secretRef:
+                name: {{ $values.existingSecret }}
+            {{- end }}
             {{- with $values.extraEnvFrom }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
           env:
             - name: EVENTMAIL_HTTP__PORT
               value: {{ $values.port | quote }}
+            {{- if eq .component "console" }}
+            - name: EVENTMAIL_CONSOLE__PORT
+              value: {{ $values.port | quote }}
+            - name: EVENTMAIL_CONSOLE__AUTH
+              value: {{ $values.auth | quote }}
+            - name: EVENTMAIL_CONSOLE__PROXY_HEADER
+              value: {{ $values.proxy.header | quote }}
+            - name: EVENTMAIL_CONSOLE__TRUSTED_PROXIES
+              value: {{ toJson $values.proxy.trustedProxies | quote }}
+            - name: EVENTMAIL_CONSOLE__EDITORS
+              value: {{ toJson $values.proxy.editors | quote }}
+            {{- end }}
             {{- with $values.kafkaCredentials }}
             {{- if .username }}
             - name: EVENTMAIL_KAFKA__SASL_USERNAME
