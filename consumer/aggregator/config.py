@@ -80,8 +80,8 @@ def from_rule(rule: Any) -> WarningConfig | None:
     """The warning settings of a rule object (or mapping) of the rules package; None when off.
 
     Reads attributes by name (``rule_id``/``id``, ``name``, ``warnings.enabled``, ``timeframe``,
-    ``percent``, ``count``, ``min_events``, ``users``, ``emails``, ``frequency_minutes``), so it accepts the rule
-    model as well as its JSON form.
+    ``percent``, ``count``, ``min_events``, ``users``, ``emails``, ``frequency_minutes``), so it
+    accepts the rule model as well as its JSON form.
     """
     warnings = _get(rule, "warnings")
     if warnings is None or not _get(warnings, "enabled", False):
