@@ -160,6 +160,8 @@ def test_run_works_end_to_end_with_exactly_its_acls(
     assert logs.out.count('"r-secure"') == 3
     password = secure.cluster.password_file("eventmail-run").read_text().strip()
     log_text = service.log_path.read_text()
+    for line in log_text.splitlines():  # librdkafka's lines too: structured, none raw
+        assert json.loads(line)["level"] in {"debug", "info", "warning", "error", "critical"}, line
     for where, text in {
         "log": log_text,
         "metrics": metrics,
