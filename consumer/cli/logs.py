@@ -40,7 +40,7 @@ def outcome_table(outcomes: list[Outcome], title: str | None = None) -> TextTabl
         status = o.status.value
         table.add_row(
             o.created.strftime("%Y-%m-%d %H:%M:%S"),
-            o.rule_id,
+            o.rule_id if o.rule_version is None else f"{o.rule_id}\nv{o.rule_version}",
             text(status, _STATUS_STYLE[status]),
             message_cell(o),
             o.error or "",

@@ -32,5 +32,6 @@ def compose(event: Event, rule: CompiledRule) -> tuple[Rendered, BuiltMessage]:
         bcc=action.bcc,
         event_id=event.event_id,
         rule_id=rule.rule_id,
+        rule_version=rule.record_offset,
     )
     return rendered, built

@@ -4,7 +4,8 @@ Sender and recipients may carry display names (RFC 2047-encoded when not ASCII);
 envelope only, never into a header. The body is ``text/plain``, ``text/html`` or
 ``multipart/alternative`` (both) depending on what :class:`~consumer.mail.render.Rendered` holds.
 The ``Message-ID`` is derived from (event id, rule id), so every retry of a delivery carries the same
-id. ``X-Eventmail-Rule`` and ``X-Eventmail-Event`` say where a mail came from.
+id. ``X-Eventmail-Rule`` and ``X-Eventmail-Event`` say where a mail came from, and
+``X-Eventmail-Rule-Version`` which version of the rule (the offset of its record on the rules topic).
 
 This module must never let rendered text add a header: a subject, display name or address with a
 line break or another control character is a :class:`MessageError` naming the field, and the
@@ -288,6 +289,7 @@ def build_message(
     rule_id: str,
     date: datetime | None = None,
     message_id_domain: str = MESSAGE_ID_DOMAIN,
+    rule_version: int | None = None,
 ) -> BuiltMessage:
     """The message for ``rendered``; raises :class:`MessageError` naming the field at fault."""
     if not to:
@@ -326,7 +328,9 @@ def build_message(
         )
 
     if policy is POLICY and PLAIN_SHORTCUT:
-        data = _plain_message(headers, subject, date_text, message_id, rule_id, event_id, rendered)
+        data = _plain_message(
+            headers, subject, date_text, message_id, rule_id, event_id, rendered, rule_version
+        )
         if data is not None:
             return built(data, subject)
 
@@ -338,6 +342,8 @@ def build_message(
     msg["Message-ID"] = message_id
     msg["X-Eventmail-Rule"] = rule_id
     msg["X-Eventmail-Event"] = event_id
+    if rule_version is not None:
+        msg["X-Eventmail-Rule-Version"] = str(rule_version)
     msg["Auto-Submitted"] = "auto-generated"
     # The header parser decodes encoded words ("=?utf-8?q?...?="): check what it made of the subject.
     shown = str(msg["Subject"])
@@ -371,6 +377,7 @@ def _plain_message(
     rule_id: str,
     event_id: str,
     rendered: Rendered,
+    rule_version: int | None = None,
 ) -> bytes | None:
     """The serialized message without the email package's per-mail work, for the common case: one
     text or HTML part of printable ASCII lines (7bit), and a subject and ids that need no encoding or
@@ -386,6 +393,8 @@ def _plain_message(
         return None
     plain = [("Subject", subject), ("Message-ID", message_id)]
     plain += [("X-Eventmail-Rule", rule_id), ("X-Eventmail-Event", event_id)]
+    if rule_version is not None:
+        plain.append(("X-Eventmail-Rule-Version", str(rule_version)))
     if any(len(value) > _PLAIN_MAX or "=?" in value or not _PLAIN.fullmatch(value) for _, value in plain):
         return None
     subject_line, *id_lines = (f"{name}: {value}\r\n".encode("ascii") for name, value in plain)

@@ -56,6 +56,7 @@ class MailDeliverer:
                 bcc=action.bcc,
                 event_id=event.event_id,
                 rule_id=rule.rule_id,
+                rule_version=rule.record_offset,
             )
         except (RenderError, MessageError) as exc:
             reason = "render" if isinstance(exc, RenderError) else "message"

@@ -299,6 +299,7 @@ class RecordProcessor:
             latency_ms=int(_age_seconds(event) * 1000),
             source=origin,
             connection=result.connection,
+            rule_version=getattr(rule, "record_offset", None),
             empty_placeholders=result.empty_placeholders,
             warnings_enabled=bool(rule.warnings_enabled),
         )

@@ -281,7 +281,9 @@ class RuleStore:
                 self._report(failed)
             return False
         self._forget_error(rule.id)
-        compiled = compile_rule(rule, version=hashlib.sha256(value).hexdigest()[:16])
+        compiled = compile_rule(
+            rule, version=hashlib.sha256(value).hexdigest()[:16], record_offset=msg.offset()
+        )
         previous = self._rules.get(rule.id)
         if previous is not None and previous.version == compiled.version:
             return False
