@@ -115,13 +115,25 @@ class ServiceProcess(_ServiceProcess):
 
     def wait_logged(self, msg: str, count: int = 1, timeout: float = 60.0, **fields: Any) -> list[LogRecord]:
         """The log records with this message and fields, once there are at least ``count``."""
+        return self.wait_log(
+            lambda r: r.get("msg") == msg and all(r.get(k) == v for k, v in fields.items()),
+            f"log lines {msg!r} {fields}",
+            count,
+            timeout,
+        )
+
+    def wait_log(
+        self, predicate: Callable[[LogRecord], bool], what: str, count: int = 1, timeout: float = 60.0
+    ) -> list[LogRecord]:
+        """The log records ``predicate`` holds for, once there are at least ``count``."""
         deadline = time.monotonic() + timeout
         while True:
-            found = self.logged(msg, **fields)
+            found = [r for r in self.log_records() if predicate(r)]
             if len(found) >= count:
                 return found
             self.check_alive()
             if time.monotonic() >= deadline:
-                what = f"{len(found)} of {count} log lines {msg!r} {fields}"
-                raise TimeoutError(f"{self.name}: {what} after {timeout}s:\n{self.tail()}")
+                raise TimeoutError(
+                    f"{self.name}: {len(found)} of {count} {what} after {timeout}s:\n{self.tail()}"
+                )
             time.sleep(0.1)
