@@ -325,7 +325,12 @@ def test_every_alert_fires_and_resolves_against_a_real_prometheus(
         "aggregate", lagging.env(EVENTMAIL_TOPICS__OUTCOMES=stale_outcomes), tmp_path, name="late-aggregator"
     ).start()
     services = [consumer, aggregator, slow, late]
-    started.append(lambda: [s.stop() for s in services])  # type: ignore[func-returns-value]
+
+    def stop_services() -> None:
+        for service in services:
+            service.stop()
+
+    started.append(stop_services)
     prober = Prober(services)
     prober.thread.start()
     started.append(prober.stop.set)

@@ -27,6 +27,7 @@ fi
 
 command -v apt-get >/dev/null || { echo "install.sh: apt-get is needed to fetch Debian's prometheus" >&2; exit 1; }
 work=$(mktemp -d)
+chmod 755 "$work"  # apt-get download writes as the _apt user where it can
 trap 'rm -rf "$work"' EXIT
 # The package lists are refreshed only when apt does not know the package (a fresh container).
 if ! apt-cache show prometheus >/dev/null 2>&1; then
