@@ -204,6 +204,6 @@ def test_starttls_against_an_implicit_tls_port_hints_ssl(smtp_server_factory: SM
     server = smtp_server_factory("ssl")
     args = ["smtp", "test", "--host", server.host, "--port", str(server.port), "--encryption", "tls"]
     args += ["--to", "ops@example.com", "--from", "s@example.com"]
-    result = run_cli(args, {"EVENTMAIL_SMTP__CONNECT_TIMEOUT_SECONDS": "0.5"})
+    result = run_cli(args, {"EVENTMAIL_SMTP__CONNECT_TIMEOUT_SECONDS": "1"})
     assert result.code == 1
     assert "use encryption ssl" in result.err

@@ -572,7 +572,7 @@ async def test_starttls_mode_against_an_implicit_tls_port_says_use_ssl(
     smtp_server_factory: SMTPServerFactory,
 ) -> None:
     server = smtp_server_factory("ssl")
-    settings = FAST.model_copy(update={"in_place_retries": 0, "connect_timeout_seconds": 0.5})
+    settings = FAST.model_copy(update={"in_place_retries": 0, "connect_timeout_seconds": 1.0})
     async with Transport(settings) as transport:
         with pytest.raises(SendTimeoutError, match=r"implicit-TLS port, 465-style.*use encryption ssl"):
             await send(transport, params_for(server, "wrong-mode", encryption=Encryption.TLS), message())
