@@ -10,6 +10,7 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
+from consumer.mail.message import allow_special_use_domains
 from tests.clirun import run_cli
 from tests.support.kafka import TopicFactory, consume_all
 from tests.test_rules_examples import EXAMPLES
@@ -192,3 +193,21 @@ def test_placeholders_per_platform_and_trigger() -> None:
     assert "{{ lead_id }}" in table.out
     unknown = run_cli(["placeholders", "--trigger", "lead_sol"])
     assert "did you mean 'lead_sold'" in unknown.err
+
+
+def test_allowed_special_use_domains_apply_to_rules(tmp_path: Path) -> None:
+    doc = rule_doc(id="internal-mail")
+    doc["action"]["recipients"] = [{"email": "ops@mail.test"}]
+    path = write(tmp_path / "internal.yaml", [doc])
+    refused = run_cli(["rules", "validate", str(path)], {"EVENTMAIL_ESP_CONNECTIONS": ESP})
+    assert refused.code == 1
+    assert "special-use" in refused.err
+    try:
+        allowed = run_cli(
+            ["rules", "validate", str(path)],
+            {"EVENTMAIL_ESP_CONNECTIONS": ESP, "EVENTMAIL_SMTP__ALLOWED_SPECIAL_USE_DOMAINS": '["test"]'},
+        )
+    finally:
+        allow_special_use_domains(())
+    assert allowed.code == 0, allowed.err
+    assert "1 rule(s) valid" in allowed.out
