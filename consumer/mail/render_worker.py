@@ -21,6 +21,14 @@ and never failed, ``probation`` for the others (new ones, and those that failed 
 hostile rule, whatever it does on every event, never makes the other rules' known templates wait: it
 only shares a worker with templates that are not trusted yet.
 
+A template that keeps failing the same way is held back: after ``HOLD_AFTER`` renders in a row that
+ended in the same error (``HOLD_AFTER_EXPENSIVE`` when they cost the worker more than ``SLOW_SECONDS``
+each: its time limit, its life), it is not rendered again for ``HOLD_SECONDS``; its rule's mail fails at
+once with that error and a note saying so. Then one render is tried (a success ends the hold, a failure
+starts another). So a hostile rule that fires on every event costs a worker a few renders, not one per
+event, and the deliveries waiting for it cannot fill the pipeline's in-flight bound. (A template that
+fails only for some events' data is rendered again as soon as one render of it ends differently.)
+
 Frames on the pipes are a 4-byte big-endian length and UTF-8 JSON:
 
 - request: ``{"subject", "body", "content_type", "values", "limits"}``;
@@ -40,6 +48,7 @@ import signal
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import IO, Any
 
 from consumer.events.model import Event
@@ -59,7 +68,14 @@ START_SECONDS = 60.0
 SLOW_SECONDS = 0.1
 #: Templates remembered as trusted, and as failed.
 MAX_REMEMBERED = 4096
+#: Renders in a row ending in the same error after which a template is held back ...
+HOLD_AFTER = 3
+#: ... or as many that were also slower than SLOW_SECONDS ...
+HOLD_AFTER_EXPENSIVE = 2
+#: ... for this long.
+HOLD_SECONDS = 60.0
 _MEMORY_MESSAGE = "too much memory"
+_NOT_STARTED = "template renderer could not start"
 
 
 # -- the worker process --------------------------------------------------------------------------------
@@ -142,6 +158,8 @@ class _Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.starts = 0
+        #: Requests answered or ended (a figure for tests and logs).
+        self.requests = 0
 
     async def _started(self) -> asyncio.subprocess.Process:
         loop = asyncio.get_running_loop()
@@ -172,15 +190,25 @@ class _Worker:
         answer: dict[str, Any] = json.loads(await process.stdout.readexactly(int.from_bytes(header, "big")))
         return answer
 
-    async def ask(self, payload: bytes, seconds: float, grace: float) -> tuple[dict[str, Any], float]:
+    async def ask(
+        self,
+        payload: bytes,
+        seconds: float,
+        grace: float,
+        admit: Callable[[], str | None] = lambda: None,
+    ) -> tuple[dict[str, Any], float]:
         """The worker's answer to one request and the seconds it took; raises RenderError when the
         worker had to be stopped (deadline) or died (memory)."""
         async with self.lock:
+            refusal = admit()  # asked once it is this request's turn (what came before may change it)
+            if refusal is not None:
+                raise RenderError(refusal)
             try:
                 process = await self._started()
             except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
-                raise RenderError(f"template renderer could not start: {type(exc).__name__}") from None
+                raise RenderError(f"{_NOT_STARTED}: {type(exc).__name__}") from None
             assert process.stdin is not None
+            self.requests += 1
             started = time.monotonic()
             try:
                 process.stdin.write(len(payload).to_bytes(4, "big") + payload)
@@ -241,6 +269,9 @@ class RenderService:
         self.probation = _Worker("probation", memory_bytes)
         self._trusted: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._failed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        #: template -> (renders in a row ending in the same error, that error, held back until (monotonic);
+        #: 0.0: not held; a negative count: they were slow)
+        self._failing: OrderedDict[tuple[str, str, str], tuple[int, str, float]] = OrderedDict()
         self._limits_json = dataclasses.asdict(limits)
 
     def pids(self) -> list[int]:
@@ -258,6 +289,29 @@ class RenderService:
     def _distrust(self, key: tuple[str, str, str]) -> None:
         self._trusted.pop(key, None)
         self._remember(self._failed, key)
+
+    def _held(self, key: tuple[str, str, str]) -> str | None:
+        """The error to fail a held-back template with, or None when it may render."""
+        entry = self._failing.get(key)
+        if entry is None or entry[2] == 0.0:
+            return None
+        count, error, until = entry
+        now = time.monotonic()
+        if now >= until:  # this render is the one try; the others wait for its result
+            self._failing[key] = (count, error, now + HOLD_SECONDS)
+            return None
+        return f"{error} (so did its last {abs(count)} renders: not rendered again for {HOLD_SECONDS:g}s)"
+
+    def _note_failure(self, key: tuple[str, str, str], error: str, elapsed: float) -> None:
+        count, last, _ = self._failing.get(key, (0, "", 0.0))
+        expensive = elapsed > SLOW_SECONDS
+        same = last == error and (count < 0) == expensive
+        count = (abs(count) + 1 if same else 1) * (-1 if expensive else 1)
+        held = abs(count) >= (HOLD_AFTER_EXPENSIVE if expensive else HOLD_AFTER)
+        self._failing[key] = (count, error, time.monotonic() + HOLD_SECONDS if held else 0.0)
+        self._failing.move_to_end(key)
+        while len(self._failing) > MAX_REMEMBERED:
+            self._failing.popitem(last=False)
 
     async def render(
         self,
@@ -294,14 +348,29 @@ class RenderService:
         payload = json.dumps(request, ensure_ascii=False).encode()
         key = (subject, body, kind)
         worker = self.trusted if key in self._trusted else self.probation
+        held: list[str] = []
+
+        def admit() -> str | None:
+            refusal = self._held(key)
+            if refusal is not None:
+                held.append(refusal)
+            return refusal
+
+        started = time.monotonic()
         try:
-            answer, elapsed = await worker.ask(payload, self.limits.max_seconds, self.grace_seconds)
-        except RenderError:
+            answer, elapsed = await worker.ask(payload, self.limits.max_seconds, self.grace_seconds, admit)
+        except RenderError as exc:  # held back, stopped at the deadline, or its worker died
+            if held:
+                raise
             self._distrust(key)
+            if not str(exc).startswith(_NOT_STARTED):
+                self._note_failure(key, str(exc), time.monotonic() - started)
             raise
         if "error" in answer:
             self._distrust(key)
+            self._note_failure(key, str(answer["error"]), elapsed)
             raise RenderError(str(answer["error"]))
+        self._failing.pop(key, None)
         if elapsed > SLOW_SECONDS:
             self._distrust(key)
         elif key not in self._failed:
