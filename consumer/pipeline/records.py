@@ -236,7 +236,6 @@ class RecordProcessor:
         if result.verdict is Verdict.SENT:
             MAILS_SENT.labels(connection=connection).inc()
             END_TO_END_SECONDS.labels(platform=event.platform.value).observe(_age_seconds(event))
-            log.info("mail sent", extra={**ids, "message_id": result.message_id, "code": result.smtp_code})
         elif result.verdict is Verdict.TRANSIENT:
             now = datetime.now(UTC)
             retry = schedule(
@@ -278,6 +277,8 @@ class RecordProcessor:
         if rule.warnings_enabled:
             BILLABLE_EVENTS.inc()
         await self.write_outcome(self._outcome(event, rule, result, status, origin))
+        if status is OutcomeStatus.SENT:  # logged once its outcome is written: outside the duplicate window
+            log.info("mail sent", extra={**ids, "message_id": result.message_id, "code": result.smtp_code})
 
     def _outcome(
         self, event: Event, rule: Any, result: DeliveryResult, status: OutcomeStatus, origin: SourcePosition
