@@ -107,6 +107,12 @@ class EspConnection(BaseModel):
     _ca_file = field_validator("ca_file")(_readable_ca_file)
     #: Messages per second the ESP accepts on this connection (None: no limit).
     rate_limit_per_second: float | None = Field(default=None, gt=0)
+    #: Other ESP connections tried in order when this one's circuit is open or its transient failures
+    #: outlast the in-place retries (after a rule's own fallbacks).
+    fallbacks: tuple[str, ...] = Field(default=(), max_length=3)
+    #: A header that carries the delivery's stable key (the Message-ID's hash), for providers that
+    #: drop a resend with a key they have seen (e.g. an in-doubt retry after a dropped connection).
+    idempotency_header: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
 
 
 class AlertSettings(BaseModel):
@@ -259,6 +265,16 @@ class Settings(BaseSettings):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
+
+    @field_validator("esp_connections")
+    @classmethod
+    def _fallbacks_exist(cls, value: dict[str, EspConnection]) -> dict[str, EspConnection]:
+        for name, esp in value.items():
+            for fallback in esp.fallbacks:
+                if fallback == name or fallback not in value:
+                    why = "itself" if fallback == name else "not an ESP connection of this deployment"
+                    raise ValueError(f"{name}.fallbacks: {fallback!r} is {why}")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -290,6 +290,7 @@ def build_message(
     date: datetime | None = None,
     message_id_domain: str = MESSAGE_ID_DOMAIN,
     rule_version: int | None = None,
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> BuiltMessage:
     """The message for ``rendered``; raises :class:`MessageError` naming the field at fault."""
     if not to:
@@ -329,7 +330,7 @@ def build_message(
 
     if policy is POLICY and PLAIN_SHORTCUT:
         data = _plain_message(
-            headers, subject, date_text, message_id, rule_id, event_id, rendered, rule_version
+            headers, subject, date_text, message_id, rule_id, event_id, rendered, rule_version, extra_headers
         )
         if data is not None:
             return built(data, subject)
@@ -344,12 +345,14 @@ def build_message(
     msg["X-Eventmail-Event"] = event_id
     if rule_version is not None:
         msg["X-Eventmail-Rule-Version"] = str(rule_version)
+    for name, value in extra_headers:
+        msg[name] = value
     msg["Auto-Submitted"] = "auto-generated"
     # The header parser decodes encoded words ("=?utf-8?q?...?="): check what it made of the subject.
     shown = str(msg["Subject"])
     _check_text("subject", shown, MAX_SUBJECT_CHARS * 4)
     _set_body(msg, rendered)
-    out = built(_serialize(msg), shown)
+    out = built(_serialize(msg, (name for name, _ in extra_headers)), shown)
     out.__dict__["message"] = msg  # what was built, not parsed again
     return out
 
@@ -378,6 +381,7 @@ def _plain_message(
     event_id: str,
     rendered: Rendered,
     rule_version: int | None = None,
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> bytes | None:
     """The serialized message without the email package's per-mail work, for the common case: one
     text or HTML part of printable ASCII lines (7bit), and a subject and ids that need no encoding or
@@ -395,6 +399,7 @@ def _plain_message(
     plain += [("X-Eventmail-Rule", rule_id), ("X-Eventmail-Event", event_id)]
     if rule_version is not None:
         plain.append(("X-Eventmail-Rule-Version", str(rule_version)))
+    plain += extra_headers
     if any(len(value) > _PLAIN_MAX or "=?" in value or not _PLAIN.fullmatch(value) for _, value in plain):
         return None
     subject_line, *id_lines = (f"{name}: {value}\r\n".encode("ascii") for name, value in plain)
@@ -430,6 +435,7 @@ _EXPECTED = {
     "message-id",
     "x-eventmail-rule",
     "x-eventmail-event",
+    "x-eventmail-rule-version",
     "auto-submitted",
     "mime-version",
     "content-type",
@@ -437,7 +443,9 @@ _EXPECTED = {
 }
 
 
-def _serialize(msg: EmailMessage) -> bytes:
+def _serialize(msg: EmailMessage, extra: Iterable[str] = ()) -> bytes:
+    """The message's bytes; MessageError when a header is not one eventmail writes (``extra``: the
+    names of the extra headers asked for)."""
     try:
         data = msg.as_bytes()
     except Exception as exc:  # e.g. email.errors.HeaderWriteError on a header that would inject
@@ -448,7 +456,8 @@ def _serialize(msg: EmailMessage) -> bytes:
         for line in header_block.split(b"\r\n")
         if line and line[:1] not in (b" ", b"\t")
     ]
-    unexpected = [name for name in names if name not in _EXPECTED]
+    expected = _EXPECTED | {name.lower() for name in extra}
+    unexpected = [name for name in names if name not in expected]
     if unexpected or len(names) != len(set(names)):
         raise MessageError("headers", f"unexpected header in the message: {(unexpected or names)[0]!r}")
     return data

@@ -4,6 +4,8 @@ result. Never raises for bad data or a failing server: every path ends in a Deli
 
 from __future__ import annotations
 
+import logging
+
 from consumer.errors import SecretError
 from consumer.events.model import Event
 from consumer.mail.connections import connection_params
@@ -14,14 +16,17 @@ from consumer.mail.errors import (
     RenderError,
     TransientSendError,
 )
-from consumer.mail.message import BuiltMessage, build_message
+from consumer.mail.message import BuiltMessage, build_message, message_id_for
 from consumer.mail.params import ConnectionParams
 from consumer.mail.render_worker import RenderService
 from consumer.mail.transport import Transport
 from consumer.pipeline.result import DeliveryResult, Verdict
 from consumer.rules.matching import CompiledRule
+from consumer.rules.model import EspConnectionRef, ManualConnection
 from consumer.rules.secrets import PasswordResolver
 from consumer.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class MailDeliverer:
@@ -35,9 +40,35 @@ class MailDeliverer:
         """The SMTP server of a rule; raises SecretError when the deployment lacks what it names."""
         return connection_params(self.settings, rule.action.connection, self.passwords)
 
+    def chain(self, rule: CompiledRule) -> list[EspConnectionRef | ManualConnection]:
+        """The connections a delivery may use, in order: the rule's, its fallbacks, then the
+        fallbacks the deployment gives the rule's ESP connection (each once)."""
+        primary = rule.action.connection
+        out: list[EspConnectionRef | ManualConnection] = [primary, *rule.action.fallbacks]
+        if isinstance(primary, EspConnectionRef):
+            esp = self.settings.esp_connections.get(primary.name)
+            out += [EspConnectionRef(type="esp", name=name) for name in (esp.fallbacks if esp else ())]
+        unique: dict[str, EspConnectionRef | ManualConnection] = {}
+        for connection in out:
+            unique.setdefault(connection.label, connection)
+        return list(unique.values())
+
+    def _idempotency_headers(
+        self, chain: list[EspConnectionRef | ManualConnection], key: str
+    ) -> list[tuple[str, str]]:
+        names: dict[str, None] = {}
+        for connection in chain:
+            if isinstance(connection, EspConnectionRef):
+                esp = self.settings.esp_connections.get(connection.name)
+                if esp is not None and esp.idempotency_header:
+                    names[esp.idempotency_header] = None
+        return [(name, key) for name in names]
+
     async def deliver(self, event: Event, rule: CompiledRule, attempts_before: int) -> DeliveryResult:
         action = rule.action
         label = rule.connection_label
+        chain = self.chain(rule)
+        key = message_id_for(event.event_id, rule.rule_id).strip("<>").split("@", 1)[0]
         try:
             rendered = await self.renderer.render(
                 event,
@@ -57,6 +88,7 @@ class MailDeliverer:
                 event_id=event.event_id,
                 rule_id=rule.rule_id,
                 rule_version=rule.record_offset,
+                extra_headers=self._idempotency_headers(chain, key),
             )
         except (RenderError, MessageError) as exc:
             reason = "render" if isinstance(exc, RenderError) else "message"
@@ -64,28 +96,62 @@ class MailDeliverer:
                 Verdict.FAILED, attempts_before + 1, error=str(exc), connection=label, reason=reason
             )
         result = _described(built, rendered.empty_placeholders, label, attempts_before + 1)
-        try:
-            params = self.connection(rule)
-        except SecretError as exc:
-            result.verdict, result.error, result.reason = Verdict.FAILED, str(exc), "config"
+        attempts = attempts_before
+        for position, connection in enumerate(chain):
+            last = position == len(chain) - 1
+            try:
+                params = connection_params(self.settings, connection, self.passwords)
+            except SecretError as exc:
+                if position == 0:
+                    result.verdict, result.error, result.reason = Verdict.FAILED, str(exc), "config"
+                    return result
+                log.warning(
+                    "fallback connection unusable", extra={"connection": connection.label, "error": str(exc)}
+                )
+                continue
+            try:
+                sent = await self.transport.send(params, built)
+            except TransientSendError as exc:
+                # A delivery refused by an open circuit made an attempt too: else its backoff never grows.
+                attempts += max(1, exc.attempts)
+                if not last:
+                    log.warning(
+                        "failing over to the next connection",
+                        extra={
+                            "rule_id": rule.rule_id,
+                            "event_id": event.event_id,
+                            "connection": connection.label,
+                            "error": str(exc),
+                        },
+                    )
+                    continue
+                result.verdict, result.attempts, result.connection = (
+                    Verdict.TRANSIENT,
+                    attempts,
+                    connection.label,
+                )
+                result.error, result.smtp_code, result.reason = str(exc), exc.code, exc.reason
+                if isinstance(exc, CircuitOpenError):  # no retry before the circuit admits a probe
+                    result.error = f"{exc.connection}: circuit open after repeated failures"
+                    result.retry_after = exc.retry_after
+                return result
+            except PermanentSendError as exc:  # a refusal is the mail's fault: no failover
+                result.verdict, result.attempts, result.connection = (
+                    Verdict.FAILED,
+                    attempts + max(1, exc.attempts),
+                    connection.label,
+                )
+                result.error, result.smtp_code, result.reason = str(exc), exc.code, exc.reason
+                return result
+            result.attempts = attempts + sent.attempts
+            result.smtp_code = sent.code
+            result.connection = connection.label
+            if sent.refused:
+                refused = ", ".join(f"{addr}: {refusal}" for addr, refusal in sorted(sent.refused.items()))
+                result.error = f"some recipients refused: {refused}"
             return result
-        try:
-            sent = await self.transport.send(params, built)
-        except (TransientSendError, PermanentSendError) as exc:
-            transient = isinstance(exc, TransientSendError)
-            result.verdict = Verdict.TRANSIENT if transient else Verdict.FAILED
-            # A delivery refused by an open circuit made an attempt too: else its retry backoff never grows.
-            result.attempts = attempts_before + max(1, exc.attempts)
-            result.error, result.smtp_code, result.reason = str(exc), exc.code, exc.reason
-            if isinstance(exc, CircuitOpenError):  # no retry before the circuit admits a probe
-                result.error = f"{exc.connection}: circuit open after repeated failures"
-                result.retry_after = exc.retry_after
-            return result
-        result.attempts = attempts_before + sent.attempts
-        result.smtp_code = sent.code
-        if sent.refused:
-            refused = ", ".join(f"{addr}: {refusal}" for addr, refusal in sorted(sent.refused.items()))
-            result.error = f"some recipients refused: {refused}"
+        result.verdict, result.attempts, result.reason = Verdict.FAILED, attempts + 1, "config"
+        result.error = "no usable connection (every fallback is misconfigured)"
         return result
 
     async def close(self) -> None:

@@ -78,6 +78,7 @@ def cross_field_problems(rule: Rule, context: RuleContext) -> list[Problem]:
     problems += _scope_problems(rule)
     problems += _filter_problems(rule)
     problems += _connection_problems(rule, context)
+    problems += _fallback_problems(rule, context)
     problems += _template_problems(rule)
     problems += _warning_problems(rule)
     return problems
@@ -140,22 +141,36 @@ def _filter_problems(rule: Rule) -> list[Problem]:
     return out
 
 
+def _esp_name_problems(path: str, name: str, context: RuleContext) -> list[Problem]:
+    known = context.esp_connections
+    if known is None or name in known:
+        return []
+    if not known:
+        return [
+            (path, f"no ESP connection named {name!r}: this deployment has none (EVENTMAIL_ESP_CONNECTIONS)")
+        ]
+    hint = suggestion(name, sorted(known)) or f" (known: {', '.join(sorted(known))})"
+    return [(path, f"no ESP connection named {name!r}{hint}")]
+
+
+def _fallback_problems(rule: Rule, context: RuleContext) -> list[Problem]:
+    out: list[Problem] = []
+    seen = {rule.action.connection.label}
+    for i, fallback in enumerate(rule.action.fallbacks):
+        path = f"action.fallbacks.{i}.name"
+        if fallback.label in seen:
+            out.append(
+                (path, f"{fallback.name!r} is already tried before (the connection or an earlier fallback)")
+            )
+        seen.add(fallback.label)
+        out += _esp_name_problems(path, fallback.name, context)
+    return out
+
+
 def _connection_problems(rule: Rule, context: RuleContext) -> list[Problem]:
     connection = rule.action.connection
     if connection.type == "esp":
-        known = context.esp_connections
-        if known is None or connection.name in known:
-            return []
-        if not known:
-            return [
-                (
-                    "action.connection.name",
-                    f"no ESP connection named {connection.name!r}: this deployment has none "
-                    "(EVENTMAIL_ESP_CONNECTIONS)",
-                )
-            ]
-        hint = suggestion(connection.name, sorted(known)) or f" (known: {', '.join(sorted(known))})"
-        return [("action.connection.name", f"no ESP connection named {connection.name!r}{hint}")]
+        return _esp_name_problems("action.connection.name", connection.name, context)
     out: list[Problem] = []
     if connection.login is not None and connection.password is None:
         out.append(("action.connection.password", "required when login is set"))

@@ -281,6 +281,9 @@ class Action(_Document):
     """What to send, from whom, to whom, through which SMTP connection."""
 
     connection: Connection
+    #: ESP connections of the deployment tried in order when the connection's circuit is open or its
+    #: transient failures outlast the in-place retries (a permanent 5xx refusal does not fail over).
+    fallbacks: tuple[EspConnectionRef, ...] = Field(default=(), max_length=3)
     sender: Address
     recipients: tuple[Address, ...] = Field(min_length=1, max_length=MAX_ADDRESSES)
     cc: tuple[Address, ...] = Field(default=(), max_length=MAX_ADDRESSES)
