@@ -107,9 +107,11 @@ class Pipeline:
             for msg in records:
                 pos = position(msg)
                 part = get((pos[0], pos[1]))
-                if part is None or part.closing:  # not ours (any more): the owner fetches it
+                if part is None:  # not ours: the owner fetches it
                     continue
-                part.offsets.started(pos[2])
+                part.offsets.started(pos[2])  # pending, so no commit of this assignment passes it
+                if part.closing:  # being revoked: left for the next owner
+                    continue
                 handed.append((msg, pos, part))
                 if pos[0] == retry_topic:
                     retries += 1
