@@ -387,9 +387,9 @@ def _estimate_sum(budget: Budget, args: dict[str, Any]) -> None:
 
 
 def _estimate_batch(budget: Budget, args: dict[str, Any]) -> None:
-    value = args.get("value")
-    if isinstance(value, list | tuple | str | dict):
-        budget.check_size(len(value) + max(args.get("linecount", 0), 0), "batch: a result")
+    value, linecount = args.get("value"), args.get("linecount")
+    if isinstance(value, list | tuple | str | dict) and _is_int(linecount):
+        budget.check_size(len(value) + max(linecount, 0), "batch: a result")
 
 
 _ESTIMATES: dict[str, Callable[[Budget, dict[str, Any]], None]] = {
