@@ -281,16 +281,30 @@ up() {
   if [ "$secure" = 1 ]; then make_tls; make_users; fi
   [ -f "$base/cluster.id" ] || java -cp "$jars/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1 > "$base/cluster.id"
   local i start=$SECONDS
+  local -a offset=() retries=()
   for i in $(seq 1 "$nodes"); do
     running "$i" && continue
     write_properties "$i"
     format_node "$i"
+    offset[i]=$(stat -c %s "$(logfile "$i")" 2>/dev/null || echo 0)
+    retries[i]=0
     start_node "$i"
   done
   local limit=${KAFKA_START_TIMEOUT:-120}
   while [ $((SECONDS - start)) -lt "$limit" ]; do
     for i in $(seq 1 "$nodes"); do
       if ! running "$i"; then
+        # A port of ours can be taken for a moment as the local port of some other connection
+        # (the test ports lie in the ephemeral range): try again a few times.
+        if [ "${retries[i]:-5}" -lt 5 ] &&
+          tail -c +$((${offset[i]:-0} + 1)) "$(logfile "$i")" | grep -q "Address already in use"; then
+          retries[i]=$((retries[i] + 1))
+          echo "kafka: node $i: a port was in use; starting it again (${retries[i]}/5)" >&2
+          sleep 1
+          offset[i]=$(stat -c %s "$(logfile "$i")")
+          start_node "$i"
+          continue
+        fi
         echo "kafka: node $i exited during start-up; last lines of $(logfile "$i"):" >&2
         tail -n 30 "$(logfile "$i")" >&2
         rm -f "$(pidfile "$i")"
@@ -336,9 +350,16 @@ down() {
 kill_node() {
   local i=${1:?usage: $0 kill NODE}
   running "$i" || { echo "kafka: node $i is not running" >&2; return 1; }
-  kill -KILL "$(cat "$(pidfile "$i")")"
+  local pid
+  pid=$(cat "$(pidfile "$i")")
+  kill -KILL "$pid"
+  # Gone, ports released, before `up` may start it again.
+  for _ in $(seq 1 200); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
   rm -f "$(pidfile "$i")"
-  echo "kafka: killed node $i" >&2
+  echo "kafka: killed node $i (pid $pid)" >&2
 }
 
 case "${1:-}" in
