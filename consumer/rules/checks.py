@@ -8,20 +8,19 @@ Runs after every field of the rule is individually valid and returns every probl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
 from consumer.events.triggers import PRICE_RANGE_TRIGGERS, Platform, is_trigger, triggers_for
+from consumer.rules.model import PriceRange, Rule
 from consumer.rules.secrets import stored_password_problem
 from consumer.rules.templates import suggestion, template_problems
 
 if TYPE_CHECKING:
-    from consumer.rules.model import Rule
     from consumer.settings import Settings
 
 Problem = tuple[str, str]
-CONTEXT_KEY = "eventmail_rules"
 
 
 @dataclass(frozen=True)
@@ -59,17 +58,6 @@ class RuleContext:
             check_secret_key=True,
             secret_names=frozenset(settings.secrets),
         )
-
-    def as_pydantic(self) -> dict[str, Any]:
-        return {CONTEXT_KEY: self}
-
-
-def rule_context(context: Any) -> RuleContext:
-    if isinstance(context, dict):
-        found = context.get(CONTEXT_KEY)
-        if isinstance(found, RuleContext):
-            return found
-    return RuleContext()
 
 
 def cross_field_problems(rule: Rule, context: RuleContext) -> list[Problem]:
@@ -112,8 +100,6 @@ def _scope_problems(rule: Rule) -> list[Problem]:
 
 
 def _filter_problems(rule: Rule) -> list[Problem]:
-    from consumer.rules.model import PriceRange  # the model module imports this one
-
     filters = rule.filters
     out: list[Problem] = []
     price = filters.price

@@ -27,7 +27,6 @@ from pydantic import (
     SecretStr,
     SerializationInfo,
     StringConstraints,
-    ValidationInfo,
     WithJsonSchema,
     field_serializer,
     field_validator,
@@ -36,8 +35,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from consumer.events.triggers import CALL_LOGIC_TRIGGERS, LMS_TRIGGERS, Platform
-from consumer.rules.checks import cross_field_problems, rule_context
-from consumer.rules.secrets import SECRET_NAME, SECRET_PREFIX, display_password, password_kind
+from consumer.rules.passwords import SECRET_NAME, SECRET_PREFIX, display_password, password_kind
 from consumer.settings import Encryption
 
 RULE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
@@ -327,17 +325,6 @@ class Rule(_Document):
     filters: Filters = Field(default_factory=Filters)
     action: Action
     warnings: Warnings | None = None
-
-    @model_validator(mode="after")
-    def _cross_field(self, info: ValidationInfo) -> Rule:
-        problems = cross_field_problems(self, rule_context(info.context))
-        if problems:
-            raise PydanticCustomError(
-                "rule_invalid",
-                "{summary}",
-                {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems},
-            )
-        return self
 
     @property
     def scope(self) -> tuple[str, str]:

@@ -14,55 +14,43 @@ function here logs, prints or puts a password (clear or sealed) into an error me
 
 from __future__ import annotations
 
-import re
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretStr
 
 from consumer.errors import SecretError
+from consumer.rules.model import ManualConnection, Rule
+from consumer.rules.passwords import (
+    ENC_PREFIX,
+    MASK,
+    SECRET_NAME,
+    SECRET_PREFIX,
+    PasswordKind,
+    display_password,
+    password_kind,
+    secret_name,
+)
 
 if TYPE_CHECKING:
-    from consumer.rules.model import ManualConnection, Rule
     from consumer.settings import Settings
 
-ENC_PREFIX = "enc:"
-SECRET_PREFIX = "secret:"  # noqa: S105 (a prefix, not a password)
-SECRET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-MASK = "***"
-
-
-class PasswordKind(StrEnum):
-    ENCRYPTED = "enc"
-    SECRET = "secret"  # noqa: S105
-    CLEAR = "clear"
-
-
-def password_kind(value: str) -> PasswordKind:
-    if value.startswith(ENC_PREFIX):
-        return PasswordKind.ENCRYPTED
-    if value.startswith(SECRET_PREFIX):
-        return PasswordKind.SECRET
-    return PasswordKind.CLEAR
-
-
-def secret_name(value: str) -> str:
-    """NAME of a ``secret:NAME`` password."""
-    return value[len(SECRET_PREFIX) :]
-
-
-def display_password(password: SecretStr | None) -> str | None:
-    """What may be shown of a password: ``enc:…``, ``secret:NAME`` or ``***``."""
-    if password is None:
-        return None
-    value = password.get_secret_value()
-    kind = password_kind(value)
-    if kind is PasswordKind.ENCRYPTED:
-        return f"{ENC_PREFIX}…"
-    if kind is PasswordKind.SECRET:
-        return value
-    return MASK
+__all__ = [
+    "ENC_PREFIX",
+    "MASK",
+    "SECRET_NAME",
+    "SECRET_PREFIX",
+    "PasswordKind",
+    "PasswordResolver",
+    "decrypt_password",
+    "display_password",
+    "encrypt_password",
+    "has_clear_password",
+    "password_kind",
+    "seal_rule",
+    "secret_name",
+    "stored_password_problem",
+]
 
 
 def fernet(secret_key: SecretStr | None) -> Fernet:

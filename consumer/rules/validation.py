@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from consumer.errors import RuleError
-from consumer.rules.checks import Problem, RuleContext
+from consumer.rules.checks import Problem, RuleContext, cross_field_problems
 from consumer.rules.model import Rule
 from consumer.rules.templates import suggestion
 
@@ -67,9 +67,14 @@ def validate_rule(data: Any, context: RuleContext | None = None, label: str | No
     if not isinstance(data, dict):
         raise RuleValidationError(label or "?", [("", "a rule must be a mapping of fields")])
     try:
-        return Rule.model_validate(data, context=(context or RuleContext()).as_pydantic())
+        rule = Rule.model_validate(data)
     except ValidationError as exc:
         raise RuleValidationError(rule_label(data, label or "?"), validation_problems(exc)) from None
+    # How the fields relate, once each is valid on its own.
+    problems = cross_field_problems(rule, context or RuleContext())
+    if problems:
+        raise RuleValidationError(rule_label(data, label or "?"), problems)
+    return rule
 
 
 def validation_problems(exc: ValidationError) -> list[Problem]:
@@ -77,9 +82,6 @@ def validation_problems(exc: ValidationError) -> list[Problem]:
     out: list[Problem] = []
     for error in exc.errors(include_url=False, include_input=False):
         ctx = error.get("ctx") or {}
-        if error["type"] == "rule_invalid":
-            out.extend((str(p), str(m)) for p, m in ctx.get("problems", ()))
-            continue
         out.append((_path(error["loc"]), _message(error["type"], error["loc"], error["msg"], ctx)))
     return out
 
