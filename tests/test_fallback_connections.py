@@ -153,8 +153,6 @@ def test_the_outcome_names_the_connection_that_sent(
         (record,) = consume_all(kafka_bootstrap, deployment.topics["outcomes"], expected=1)
         outcome = decode_outcome(record.value() or b"")
         assert (outcome.status.value, outcome.connection) == ("sent", "esp:backup")
-        runner.wait_metric(
-            "eventmail_mails_sent_total", lambda v: v == 1, labels={"connection": "backup"}
-        )
+        runner.wait_metric("eventmail_mails_sent_total", lambda v: v == 1, labels={"connection": "backup"})
     finally:
         runner.stop()
