@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from consumer.events.codec import encode_json
@@ -155,6 +156,13 @@ def _failover(
         assert service.terminate() == 0
     finally:
         service.stop()
+    # The lag is gone: the group committed every event.
+    reader = Consumer({"bootstrap.servers": deployment.bootstrap, "group.id": deployment.group_id})
+    try:
+        committed = reader.committed([TopicPartition(deployment.topics["lms"], 0)], timeout=30)
+    finally:
+        reader.close()
+    assert committed[0].offset == total
     subjects = Counter(m.subject for m in server.messages)
     assert set(subjects) == {f"Lead F{i} sold for 10.5" for i in range(total)}
     copies = sum(n - 1 for n in subjects.values())
