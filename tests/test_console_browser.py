@@ -452,3 +452,33 @@ def test_the_test_email_form_shows_each_step(
     page.fill("input[name=to]", "you@example.com")
     page.click("#send-test")
     assert page.locator("#test-outcome").inner_text().startswith("smtp test failed: ")
+
+
+def test_the_form_shows_only_the_fields_that_apply(page: Page, console: ServiceProcess) -> None:
+    login(page, console, "ada", "ada-secret-1")
+    page.goto(console.url("/rules/new"))
+    pools = page.locator("input[name=pools_include]")
+    call_logic_group = page.locator(".triggers > div[data-platform=call_logic]")
+    assert not pools.is_visible()
+    assert not call_logic_group.is_visible()
+    page.select_option("select[name=platform]", "call_logic")
+    assert pools.is_visible()
+    assert call_logic_group.is_visible()
+    assert not page.locator(".triggers > div[data-platform=lms]").is_visible()
+    # The price range only for lead sold / campaign sold.
+    page.locator("div[data-platform=call_logic] input[value=buyer_response]").check()
+    assert page.locator("select[name=price_op] option[value=range]").is_disabled()
+    page.locator("div[data-platform=call_logic] input[value=buyer_response]").uncheck()
+    page.locator("div[data-platform=call_logic] input[value=lead_sold]").check()
+    assert not page.locator("select[name=price_op] option[value=range]").is_disabled()
+    page.select_option("select[name=price_op]", "range")
+    assert page.locator("input[name=price_min]").is_visible()
+    assert not page.locator("input[name=price_value]").is_visible()
+    # Manual server fields only for a manual connection; campaign id only at campaign level.
+    assert not page.locator("input[name=host]").is_visible()
+    page.select_option("select[name=connection_type]", "manual")
+    assert page.locator("input[name=host]").is_visible()
+    assert not page.locator("input[name=campaign_id]").is_visible()
+    page.select_option("select[name=level]", "campaign")
+    assert page.locator("input[name=campaign_id]").is_visible()
+    assert not page.locator("input[name=product_id]").is_visible()
