@@ -114,6 +114,10 @@ class Aggregator:
         self.provider = provider
         self.mailer = mailer
         self.wall_clock = wall_clock
+        #: Event time of the newest outcome processed; the lag gauge is computed from it when scraped,
+        #: so an aggregator that stops processing shows a growing lag, not the last value it set.
+        self.newest_ms: int | None = None
+        AGGREGATOR_LAG_SECONDS.set_function(self.lag_seconds)
         self.commit_interval = commit_interval or settings.pipeline.commit_interval_seconds
         self.drain_timeout = settings.pipeline.drain_timeout_seconds
         self.stopping = threading.Event()  # set when run() is asked to stop: ends broker retries
@@ -399,8 +403,14 @@ class Aggregator:
             OUTCOMES_AGGREGATED.labels(status=status).inc(count)
         if billable:
             BILLABLE_EVENTS.inc(billable)
-        if newest:
-            AGGREGATOR_LAG_SECONDS.set(max(0.0, self.wall_clock() - newest / 1000))
+        if newest and (self.newest_ms is None or newest > self.newest_ms):
+            self.newest_ms = newest
+
+    def lag_seconds(self) -> float:
+        """How old the newest processed outcome is now (0 before the first)."""
+        if self.newest_ms is None:
+            return 0.0
+        return max(0.0, self.wall_clock() - self.newest_ms / 1000)
 
     def _reached_end(self, msg: Message) -> None:
         run = self.parts.get(msg.partition() or 0)
