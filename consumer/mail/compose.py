@@ -1,11 +1,16 @@
-"""The mail of one rule for one event: render its templates, then build the message.
+"""The mail of one rule for one event: what its templates are rendered with, and the message built
+from what they rendered.
 
-One function for everything that needs the mail a rule would send: the consumer's delivery,
-``eventmail rules preview`` and ``rules test`` (so a preview is the mail, not a look-alike).
+One place for everything that needs the mail a rule would send: the consumer's delivery (which
+renders in its worker processes), ``eventmail rules preview``, ``rules test``, ``rules backtest`` and
+the console (which render in-process), so a preview is the mail, not a look-alike.
 Raises :class:`RenderError` or :class:`MessageError` for a template or an address that fails.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from consumer.events.model import Event
 from consumer.mail.message import BuiltMessage, build_message
@@ -13,18 +18,26 @@ from consumer.mail.render import Rendered, render
 from consumer.rules.matching import CompiledRule
 
 
-def compose(event: Event, rule: CompiledRule) -> tuple[Rendered, BuiltMessage]:
+def render_arguments(rule: CompiledRule) -> dict[str, Any]:
+    """The keyword arguments of :func:`consumer.mail.render.render` (and the render worker's) for
+    ``rule``."""
     action = rule.action
-    rendered = render(
-        event,
-        subject=action.subject,
-        body=action.body,
-        use_twig=action.use_twig,
-        content_type=action.content_type.value,
-        rule_id=rule.rule_id,
-        rule_name=rule.name,
-    )
-    built = build_message(
+    return {
+        "subject": action.subject,
+        "body": action.body,
+        "use_twig": action.use_twig,
+        "content_type": action.content_type.value,
+        "rule_id": rule.rule_id,
+        "rule_name": rule.name,
+    }
+
+
+def build_for(
+    event: Event, rule: CompiledRule, rendered: Rendered, extra_headers: Sequence[tuple[str, str]] = ()
+) -> BuiltMessage:
+    """The message ``rule`` sends for ``event`` once its templates rendered as ``rendered``."""
+    action = rule.action
+    return build_message(
         rendered,
         sender=action.sender,
         to=action.recipients,
@@ -33,5 +46,11 @@ def compose(event: Event, rule: CompiledRule) -> tuple[Rendered, BuiltMessage]:
         event_id=event.event_id,
         rule_id=rule.rule_id,
         rule_version=rule.record_offset,
+        extra_headers=extra_headers,
     )
-    return rendered, built
+
+
+def compose(event: Event, rule: CompiledRule) -> tuple[Rendered, BuiltMessage]:
+    """Rendered in this process, then built."""
+    rendered = render(event, **render_arguments(rule))
+    return rendered, build_for(event, rule, rendered)

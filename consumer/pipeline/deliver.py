@@ -8,6 +8,7 @@ import logging
 
 from consumer.errors import SecretError
 from consumer.events.model import Event
+from consumer.mail.compose import build_for, render_arguments
 from consumer.mail.connections import connection_params
 from consumer.mail.errors import (
     CircuitOpenError,
@@ -16,7 +17,7 @@ from consumer.mail.errors import (
     RenderError,
     TransientSendError,
 )
-from consumer.mail.message import BuiltMessage, build_message, message_id_for
+from consumer.mail.message import BuiltMessage, message_id_for
 from consumer.mail.params import ConnectionParams
 from consumer.mail.render_worker import RenderService
 from consumer.mail.transport import Transport
@@ -65,31 +66,12 @@ class MailDeliverer:
         return [(name, key) for name in names]
 
     async def deliver(self, event: Event, rule: CompiledRule, attempts_before: int) -> DeliveryResult:
-        action = rule.action
         label = rule.connection_label
         chain = self.chain(rule)
         key = message_id_for(event.event_id, rule.rule_id).strip("<>").split("@", 1)[0]
         try:
-            rendered = await self.renderer.render(
-                event,
-                subject=action.subject,
-                body=action.body,
-                use_twig=action.use_twig,
-                content_type=action.content_type.value,
-                rule_id=rule.rule_id,
-                rule_name=rule.name,
-            )
-            built = build_message(
-                rendered,
-                sender=action.sender,
-                to=action.recipients,
-                cc=action.cc,
-                bcc=action.bcc,
-                event_id=event.event_id,
-                rule_id=rule.rule_id,
-                rule_version=rule.record_offset,
-                extra_headers=self._idempotency_headers(chain, key),
-            )
+            rendered = await self.renderer.render(event, **render_arguments(rule))
+            built = build_for(event, rule, rendered, self._idempotency_headers(chain, key))
         except (RenderError, MessageError) as exc:
             reason = "render" if isinstance(exc, RenderError) else "message"
             return DeliveryResult(
