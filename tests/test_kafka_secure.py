@@ -291,3 +291,25 @@ def test_the_acls_in_the_docs_are_the_ones_granted() -> None:
     assert len(printed.out.splitlines()) == 1 + len(
         acls_for(Component.RUN, load_settings(group_id="mail-prod"))
     )
+
+
+def test_run_without_its_transactional_id_acl_is_not_ready_and_says_so(
+    secure: SecureDeployment, smtp_server_factory: SMTPServerFactory, tmp_path: Path
+) -> None:
+    server = smtp_server_factory("plain")
+    secure.deployment.extra_env["EVENTMAIL_ESP_CONNECTIONS"] = json.dumps({"default": esp(server)})
+    group = secure.deployment.group_id
+    settings = load_settings(topics=secure.topics, group_id=group, kafka={"bootstrap_servers": "x"})
+    transactional = Acl("transactional-id", f"{group}.retry.", "Write", prefixed=True)
+    needed = acls_for(Component.RUN, settings)
+    assert transactional in needed
+    apply_acls(secure.admin_config, [a for a in needed if a != transactional], "User:eventmail-run")
+    service = ServiceProcess("run", secure.env("eventmail-run"), tmp_path, name="tx-gated-run").start()
+    try:
+        reason = _wait_not_ready_with(service, "kafka_permissions_missing")
+        assert f"User:eventmail-run lacks WRITE on transactional-id {group}.retry. (prefixed)" in reason
+        apply_acls(secure.admin_config, [transactional], "User:eventmail-run")
+        service.wait_ready(timeout=60)
+        assert service.terminate() == 0
+    finally:
+        service.stop()

@@ -41,9 +41,8 @@ def topic_problem(topic: str, error: Any, role: str = "topic", need: str = "READ
 def missing_permissions(config: dict[str, Any], acls: list[Acl], timeout: float = 15.0) -> list[str]:
     """One line per ACL of ``acls`` the broker says this client lacks; topics that do not exist are
     left to the component (a principal without DESCRIBE cannot tell, and is told it lacks the
-    permission). Transactional ids cannot be
-    asked without using them: the hand-off producer's start-up checks those). Raises KafkaException
-    when the brokers do not answer."""
+    permission). A transactional id is asked by claiming one of its pattern (see
+    :func:`_transactional_probe`). Raises KafkaException when the brokers do not answer."""
     admin = AdminClient(
         {**{k: v for k, v in config.items() if not k.startswith(("group.", "enable."))}, "log_level": 5}
     )
@@ -86,4 +85,34 @@ def missing_permissions(config: dict[str, Any], acls: list[Acl], timeout: float 
                 allowed = set()
             out += [f"{principal} lacks {op} on group {group}" for op in sorted(needed) if op not in allowed]
     del admin
+    for acl in acls:
+        if acl.resource == "transactional-id":
+            out += _transactional_probe(config, acl, principal, timeout)
     return out
+
+
+def _transactional_probe(config: dict[str, Any], acl: Acl, principal: str, timeout: float) -> list[str]:
+    """Claim a transactional id of the ACL's pattern (``<prefix>permission-check``): it registers the
+    id with its coordinator and writes nothing any reader sees; the only way to ask for this ACL."""
+    from confluent_kafka import Producer
+
+    tx_id = f"{acl.name}permission-check" if acl.prefixed else acl.name
+    producer = Producer(
+        {
+            **{k: v for k, v in config.items() if not k.startswith(("group.", "enable."))},
+            "transactional.id": tx_id,
+            "log_level": 3,
+        }
+    )
+    try:
+        producer.init_transactions(timeout)
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+            return [
+                f"{principal} lacks {acl.operation.upper()} on transactional-id {acl.name}"
+                + (" (prefixed)" if acl.prefixed else "")
+            ]
+        raise
+    finally:
+        del producer
+    return []

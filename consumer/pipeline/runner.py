@@ -44,7 +44,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
         loop.call_soon_threadsafe(stop.set)
 
     producer = AsyncProducer(settings.kafka_config(), name="outcomes")
-    handoff = RetryHandoff(settings.kafka_config(), settings.group_id)
+    handoff = _HandoffAfterGate(settings.kafka_config(), settings.group_id)
     deliverer = MailDeliverer(settings)
     store = RuleStore(settings, on_error=lambda *args: _config_error(loop, processor, *args))
     processor = RecordProcessor(
@@ -92,6 +92,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
     try:
         # No event is taken before the broker says every ACL of `run` is held (readiness says which lack).
         if await gate.wait(stop):
+            handoff.start()
             store.start()
         while not stop.is_set() and not await asyncio.to_thread(store.wait_ready, 0.5):
             pass  # the rules topic is read to its end before any event is taken
@@ -121,6 +122,24 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
         return 1
     log.info("eventmail run stopped cleanly")
     return 0
+
+
+class _HandoffAfterGate(RetryHandoff):
+    """The hand-off producer, made only once the permission check passed: it claims its
+    transactional id at once, and a claim refused for a missing ACL leaves a librdkafka producer
+    fatally broken for good (the service would run on and fail its first retry, or its stop)."""
+
+    def __init__(self, config: dict[str, Any], group_id: str) -> None:
+        self._args = (config, group_id)
+        self._started = False
+
+    def start(self) -> None:
+        RetryHandoff.__init__(self, *self._args)
+        self._started = True
+
+    def close(self) -> None:
+        if self._started:
+            super().close()
 
 
 async def _cancel_leftovers(pipeline: Pipeline) -> None:
