@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from consumer.console.auth import hash_password
 from consumer.outcomes.codec import encode_alert, encode_outcome
 from consumer.outcomes.model import Alert, AlertKind, Outcome, OutcomeStatus
+from tests.chaos_support import wait_until
 from tests.clirun import run_cli
 from tests.support.kafka import TopicFactory, produce
 from tests.support.service import Deployment, ServiceProcess
@@ -115,14 +115,6 @@ def event(event_id: str, **changes: Any) -> bytes:
     return json.dumps(values | changes).encode()
 
 
-def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def test_editor_creates_previews_and_saves_a_rule_that_then_mails(
     page: Page,
     console: ServiceProcess,
@@ -177,10 +169,12 @@ def test_editor_creates_previews_and_saves_a_rule_that_then_mails(
     try:
         runner.wait_ready(timeout=90)
         produce(deployment.bootstrap, deployment.topics["lms"], [(b"e", event("ev-console-1"))])
-        wait_for(lambda: len(smtp_server.messages) == 1, "the mail of the console's rule")
+        wait_until(lambda: len(smtp_server.messages) == 1, 60, "the mail of the console's rule", every=0.1)
         assert smtp_server.messages[0].message["Subject"] == "Lead L-77 sold for 99.5"
         page.goto(console.url("/log?since=1h&rule=r-console"))
-        wait_for(lambda: _log_has(page, console, "Lead L-77 sold for 99.5"), "the SMTP log row")
+        wait_until(
+            lambda: _log_has(page, console, "Lead L-77 sold for 99.5"), 60, "the SMTP log row", every=0.1
+        )
         row = page.locator("#log tbody tr[data-rule=r-console]").first
         assert row.get_attribute("data-status") == "sent"
         assert "ops@example.com" in row.inner_text()
@@ -358,7 +352,12 @@ def test_enable_disable_delete_alerts_and_usage(
     produce(deployment.bootstrap, deployment.topics["alerts"], [(b"r-listed", encode_alert(alert))])
 
     login(page, console, "ada", "ada-secret-1")
-    wait_for(lambda: _rules_row(page, console, "r-listed") is not None, "the applied rule in the list")
+    wait_until(
+        lambda: _rules_row(page, console, "r-listed") is not None,
+        60,
+        "the applied rule in the list",
+        every=0.1,
+    )
     row = _rules_row(page, console, "r-listed")
     assert row is not None
     assert row["Name"] == "Listed <b>rule</b>"
@@ -414,7 +413,7 @@ def test_an_absent_broker_is_a_banner_not_a_stack_trace(page: Page, tmp_path: Pa
     console.env["EVENTMAIL_CONSOLE__HOST"] = "127.0.0.1"
     console.start()
     try:
-        wait_for(lambda: _answers(console), "the console's /healthz", timeout=90)
+        wait_until(lambda: _answers(console), 90, "the console's /healthz", every=0.1)
         assert console.get("/readyz")[0] == 503
         login(page, console, "ada", "ada-secret-1")
         banner = page.locator(".banner")

@@ -6,24 +6,15 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
-from typing import Any
 
 from consumer.outcomes.codec import decode_outcome
+from tests.chaos_support import wait_until
 from tests.clirun import run_cli
 from tests.support.kafka import TopicFactory, consume_all, produce
 from tests.support.service import Deployment, ServiceProcess
 from tests.support.smtp import SMTPTestServer
 from tests.test_rules_model import rule_doc
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_outcomes_mails_and_logs_carry_the_rule_version(
@@ -55,7 +46,7 @@ def test_outcomes_mails_and_logs_carry_the_rule_version(
             "lead_id": "L-1",
         }
         produce(kafka_bootstrap, deployment.topics["lms"], [(b"k", json.dumps(event).encode())])
-        wait_for(lambda: len(smtp_server.messages) == 1, "the mail")
+        wait_until(lambda: len(smtp_server.messages) == 1, 60, "the mail", every=0.1)
         assert smtp_server.messages[0].message["X-Eventmail-Rule-Version"] == str(offset)
         (record,) = consume_all(kafka_bootstrap, deployment.topics["outcomes"], expected=1)
         assert decode_outcome(record.value() or b"").rule_version == offset
@@ -65,3 +56,27 @@ def test_outcomes_mails_and_logs_carry_the_rule_version(
         assert f"v{offset}" in table.out
     finally:
         runner.stop()
+
+
+def test_the_version_header_on_every_path_of_the_message_builder() -> None:
+    """The plain shortcut and the general path (HTML, non-ASCII) both write the header, once."""
+    from consumer.mail import MailAddress, Rendered, build_message
+
+    cases = [
+        Rendered("Plain subject", "plain body\n", None),
+        Rendered("HTML subject", None, "<p>html</p>"),
+        Rendered("Ünïcode subject", "körper\n", None),
+        Rendered("Both", "text\n", "<p>html</p>"),
+    ]
+    for rendered in cases:
+        built = build_message(
+            rendered,
+            sender=MailAddress("from@example.com"),
+            to=[MailAddress("to@example.com")],
+            event_id="e-1",
+            rule_id="r-1",
+            rule_version=42,
+            extra_headers=[("Idempotency-Key", "abc123")],
+        )
+        assert built.message.get_all("X-Eventmail-Rule-Version") == ["42"], rendered.subject
+        assert built.message.get_all("Idempotency-Key") == ["abc123"], rendered.subject

@@ -23,6 +23,7 @@ from consumer.rules.preview import MailPreview, preview
 from consumer.rules.validation import validate_rule
 from tests.clirun import run_cli
 from tests.support.kafka import TopicFactory
+from tests.test_rules_cli import manual_rule
 from tests.test_rules_model import CONTEXT, rule_doc
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "config" / "rules" / "examples"
@@ -292,15 +293,8 @@ def rule_file(tmp_path: Path, name: str, docs: list[dict[str, Any]]) -> Path:
 
 
 def manual(rule_id: str, password: str, **overrides: Any) -> dict[str, Any]:
-    doc = rule_doc(id=rule_id, **overrides)
-    doc["action"]["connection"] = {
-        "type": "manual",
-        "host": "smtp.example.com",
-        "port": 587,
-        "encryption": "tls",
-        "login": "mailer",
-        "password": password,
-    }
+    doc = manual_rule(rule_id) | overrides
+    doc["action"]["connection"]["password"] = password
     return doc
 
 

@@ -26,7 +26,7 @@ from consumer.mail.params import ConnectionParams
 from consumer.mail.testmail import default_sender, send_test_mail
 from consumer.outcomes.model import OutcomeStatus
 from consumer.rules.checks import RuleContext
-from consumer.rules.matching import compile_rule
+from consumer.rules.matching import CompiledRule, compile_rule
 from consumer.rules.model import EspConnectionRef, ManualConnection, Rule
 from consumer.rules.preview import MailPreview, preview
 from consumer.rules.validation import RuleValidationError, validate_rule
@@ -125,14 +125,20 @@ async def rule_new(console: Console, request: Request) -> Response:
     return console.page(request, "rule_form.html", **context)
 
 
-async def rule_edit(console: Console, request: Request) -> Response:
+def _requested_rule(console: Console, request: Request) -> CompiledRule | Response:
+    """The rule of the path, or the page to answer instead (404, or the broker banner)."""
     rule_id = request.path_params["rule_id"]
     try:
         found = console.data.rule(rule_id)
     except ConsoleUnavailable as exc:
         return console.unavailable(request, exc)
-    if found is None:
-        return PlainTextResponse(f"no rule {rule_id}", status_code=404)
+    return found if found is not None else PlainTextResponse(f"no rule {rule_id}", status_code=404)
+
+
+async def rule_edit(console: Console, request: Request) -> Response:
+    found = _requested_rule(console, request)
+    if isinstance(found, Response):
+        return found
     values = form_from_rule(found.rule)
     context = _form_context(console, values, creating=False, sample_event=_sample_event(console, values))
     return console.page(request, "rule_form.html", **context)
@@ -250,15 +256,11 @@ async def rule_detail(console: Console, request: Request) -> Response:
 
 
 async def rule_yaml(console: Console, request: Request) -> Response:
-    rule_id = request.path_params["rule_id"]
-    try:
-        found = console.data.rule(rule_id)
-    except ConsoleUnavailable as exc:
-        return console.unavailable(request, exc)
-    if found is None:
-        return PlainTextResponse(f"no rule {rule_id}", status_code=404)
+    found = _requested_rule(console, request)
+    if isinstance(found, Response):
+        return found
     text = yaml.safe_dump(_document(found.rule), sort_keys=False, allow_unicode=True)
-    headers = {"content-disposition": f'attachment; filename="{rule_id}.yaml"'}
+    headers = {"content-disposition": f'attachment; filename="{found.rule_id}.yaml"'}
     return PlainTextResponse(text, media_type="application/yaml", headers=headers)
 
 
