@@ -313,3 +313,59 @@ def test_run_without_its_transactional_id_acl_is_not_ready_and_says_so(
         assert service.terminate() == 0
     finally:
         service.stop()
+
+
+def test_the_console_works_with_exactly_its_acls(secure: SecureDeployment, tmp_path: Path) -> None:
+    """A user holding only the console's ACLs (eventmail acls console) lists rules, saves one with its
+    author, and reads the SMTP log; on the secured broker, behind a trusted proxy header."""
+    import http.cookiejar
+    import re
+    import urllib.parse
+    import urllib.request
+
+    secure.deployment.with_esp({"default": {"host": "127.0.0.1", "port": 25, "encryption": "none"}})
+    secure.grant("admin", "eventmail-admin")
+    assert secure.apply_rules(tmp_path, rule_doc("r-seen")).code == 0
+    user = "eventmail-nobody"  # no ACLs until the console's are granted
+    secure.grant("console", user)
+    env = secure.env(user, EVENTMAIL_CONSOLE__AUTH="proxy", EVENTMAIL_CONSOLE__EDITORS='["ada"]')
+    console = ServiceProcess("console", env, tmp_path, name="secure-console")
+    console.env["EVENTMAIL_CONSOLE__PORT"] = str(console.port)
+    console.env["EVENTMAIL_CONSOLE__HOST"] = "127.0.0.1"
+    console.start()
+    try:
+        console.wait_ready(timeout=90)
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        opener.addheaders = [("X-Forwarded-User", "ada")]
+        with opener.open(console.url("/rules"), timeout=30) as page:
+            assert "r-seen" in page.read().decode()
+        with opener.open(console.url("/rules/new"), timeout=30) as page:
+            found = re.search(r'name="csrf" value="([^"]+)"', page.read().decode())
+        assert found is not None
+        form = {
+            "csrf": found.group(1),
+            "id": "r-console",
+            "platform": "lms",
+            "trigger": "lead_sold",
+            "level": "product",
+            "product_id": "p-1",
+            "enabled": "on",
+            "connection_type": "esp",
+            "esp_name": "default",
+            "sender": "sales@example.com",
+            "recipients": "ops@example.com",
+            "subject": "Lead {{ lead_id }}",
+            "body": "Sold",
+            "content_type": "text",
+        }
+        data = urllib.parse.urlencode(form).encode()
+        with opener.open(console.url("/rules/save"), data=data, timeout=30) as saved:
+            assert saved.url.endswith("/rules/r-console"), saved.url
+            assert "by <strong>ada</strong>" in saved.read().decode()
+        with opener.open(console.url("/log?since=1h&live=0"), timeout=30) as page:
+            assert page.status == 200
+        history = run_cli(["rules", "history", "r-console", "--json"], secure.env("eventmail-admin"))
+        assert [json.loads(line)["author"] for line in history.out.splitlines()] == ["ada"]
+    finally:
+        console.stop()

@@ -28,6 +28,7 @@ class Component(StrEnum):
     AGGREGATE = "aggregate"
     ADMIN = "admin"  # rules apply/delete/list/get/history, topics check
     READER = "reader"  # logs, usage
+    CONSOLE = "console"  # eventmail console
 
 
 #: The SCRAM user (principal ``User:NAME``) each component uses by default.
@@ -77,6 +78,15 @@ def acls_for(component: Component, settings: Settings) -> list[Acl]:
             Acl("topic", topics.rules, "Read"),
             Acl("topic", topics.rules, "Write"),
             Acl("topic", topics.rules, "DescribeConfigs"),  # the compaction check of rules apply
+        ]
+    if component is Component.CONSOLE:
+        return [
+            Acl("topic", topics.rules, "Read"),
+            Acl("topic", topics.rules, "Write"),  # rules saved, enabled, deleted in the console
+            Acl("topic", topics.outcomes, "Read"),  # the SMTP log, counts, usage
+            Acl("topic", topics.alerts, "Read"),
+            Acl("topic", topics.lms, "Read"),  # a recent event of the trigger as the preview's sample
+            Acl("topic", topics.call_logic, "Read"),
         ]
     return [Acl("topic", topics.outcomes, "Read")]
 
@@ -141,6 +151,7 @@ _WHAT = {
     Component.AGGREGATE: "`eventmail aggregate`",
     Component.ADMIN: "`rules apply/delete/list/get/history`",
     Component.READER: "`eventmail logs`, `eventmail usage`",
+    Component.CONSOLE: "`eventmail console`",
 }
 
 
