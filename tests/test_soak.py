@@ -53,7 +53,7 @@ from tests.hostile_templates import CORPUS, EVENT_DATA
 from tests.pipeline_support import apply_rules, esp, rule_doc
 from tests.support.kafka import LocalBroker, TopicFactory
 from tests.support.registry_fixtures import RegistryEndpoint
-from tests.support.service import Deployment
+from tests.support.service import Deployment, ServiceProcess
 from tests.support.smtp import SMTPServerFactory, SMTPTestServer
 from tests.test_hostile_templates import _tree_rss_kb
 from tests.test_poison import Poison
@@ -159,9 +159,10 @@ class Stream:
 
 @dataclass
 class RssWatch:
-    """Samples every running replica (with its render workers) each second; keeps each one's peak."""
+    """Samples every running process (a replica with its render workers) each second; keeps the peak
+    of each (by process name: a restarted replica is another one)."""
 
-    replicas: Replicas
+    running: Callable[[], list[ServiceProcess]]
     peak_kb: Counter[str] = field(default_factory=Counter)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -170,7 +171,7 @@ class RssWatch:
 
     def _run(self) -> None:
         while not self.stop.wait(1.0):
-            for proc in list(self.replicas.procs.values()):
+            for proc in self.running():
                 process = proc.proc
                 if process is None or process.poll() is not None:
                     continue
@@ -199,6 +200,7 @@ class Chaos:
         broker: LocalBroker,
         server: SMTPTestServer,
         registry: RegistryEndpoint,
+        say: Callable[[str], None],
     ) -> None:
         self.rng, self.replicas, self.broker, self.server, self.registry = (
             rng,
@@ -210,7 +212,13 @@ class Chaos:
         self.done: Counter[str] = Counter()
         self.log: list[str] = []
         self.bag: list[str] = []
+        self.say = say  # each step as it begins: a failing run shows where it was
         self.pause = threading.Event()  # never set: a fault lasts its own time, nothing waits on it
+
+    def ready(self, who: str) -> None:
+        """A SIGTERM is a clean leave once the replica has started (before that, its Python is still
+        importing and the signal's default action ends it)."""
+        self.replicas.procs[who].wait_ready(timeout=180)
 
     def step(self, started: float) -> None:
         if not self.bag:  # each kind once per round, in a random order (a short soak sees them all)
@@ -220,6 +228,7 @@ class Chaos:
             self.rng.shuffle(self.bag)
         kind = self.bag.pop()
         at = time.monotonic() - started
+        self.say(f"soak step | {at:.0f}s {kind} (running: {', '.join(sorted(self.replicas.procs))})")
         running = sorted(self.replicas.procs)
         if kind == "kill":
             who = self.rng.choice(running)
@@ -228,6 +237,7 @@ class Chaos:
             self.replicas.start(who)
         elif kind == "term":
             who = self.rng.choice(running)
+            self.ready(who)
             self.replicas.terminate(who)
             self.replicas.start(who)
         elif kind == "join_or_leave":
@@ -237,7 +247,9 @@ class Chaos:
                 self.replicas.start(self.rng.choice(absent))
             else:
                 kind = "leave"
-                self.replicas.terminate(self.rng.choice(running))
+                who = self.rng.choice(running)
+                self.ready(who)
+                self.replicas.terminate(who)
         elif kind == "broker":
             self.broker.restart()
         elif kind == "smtp_451":
@@ -292,9 +304,17 @@ def test_soak_of_every_fault_at_random(
         EVENTMAIL_SCHEMA_REGISTRY__URL=schema_registry.url,
     )
     replicas = Replicas(env, tmp_path, ["a", "b"])
-    rss = RssWatch(replicas)
+    # the aggregator reads the outcomes throughout and must ride out every fault without a restart
+    aggregator = ServiceProcess("aggregate", env, tmp_path, name="aggregator")
+    aggregator.start()
+    rss = RssWatch(lambda: [*replicas.procs.values(), aggregator])
     stream = Stream(deployment, wire_id, rng=random.Random(seed + 1))
-    chaos = Chaos(rng, replicas, local_broker, server, schema_registry)
+
+    def say(line: str) -> None:
+        with capsys.disabled():
+            print(line, flush=True)
+
+    chaos = Chaos(rng, replicas, local_broker, server, schema_registry, say)
     started = time.monotonic()
     try:
         rss.thread.start()
@@ -302,6 +322,7 @@ def test_soak_of_every_fault_at_random(
         while time.monotonic() - started < SECONDS:
             chaos.pause.wait(rng.uniform(2, 8))
             replicas.check_alive()
+            alive(aggregator)
             if time.monotonic() - started < SECONDS:
                 chaos.step(started)
         stream.stop.set()
@@ -334,13 +355,16 @@ def test_soak_of_every_fault_at_random(
 
         wait_until(hostile_done, 300, "an outcome of every hostile rule", every=2.0)
         seconds = time.monotonic() - started
-        for proc in replicas.procs.values():
+        for proc in [*replicas.procs.values(), aggregator]:
             alive(proc)
+        assert aggregator.get("/healthz")[0] == 200, aggregator.tail()
         rss.stop.set()
         rss.thread.join(10)
         replicas.terminate_all()
         replicas.procs.clear()
+        assert aggregator.terminate() == 0, aggregator.tail()
     finally:
+        aggregator.stop()
         stream.stop.set()
         rss.stop.set()
         replicas.stop_all()
@@ -348,7 +372,11 @@ def test_soak_of_every_fault_at_random(
             schema_registry.local.start()
     topics = [deployment.topics["lms"], deployment.topics["call_logic"], deployment.topics["retry"]]
     lag = group_lag(kafka_bootstrap, deployment.group_id, topics)
+    aggregator_lag = group_lag(
+        kafka_bootstrap, f"{deployment.group_id}-aggregate", [deployment.topics["outcomes"]]
+    )
     kills = chaos.done["kill"]
+    gap, aggregator_gap = sum(lag.values()), sum(aggregator_lag.values())
     soak_mails = [m.message_id or "" for m in server.messages]
     tally = Tally(
         "soak",
@@ -365,7 +393,9 @@ def test_soak_of_every_fault_at_random(
             "faults": dict(chaos.done),
             "answered_451": server.failures,
             "commit_gap": sum(lag.values()),
+            "aggregator_commit_gap": sum(aggregator_lag.values()),
             "peak_rss_mb": round(rss.peak_mb),
+            "aggregator_peak_rss_mb": round(rss.peak_kb["aggregator"] / 1024),
             "dlq_copies": len(dlq) - len({m.key() for m in dlq}),
         },
     )
@@ -374,10 +404,11 @@ def test_soak_of_every_fault_at_random(
         print(f"soak schedule | {' '.join(chaos.log)}")
         print(
             f"soak summary | seed={seed} lost={tally.lost} copies={tally.copies} "
-            f"commit_gap={sum(lag.values())} peak_rss={rss.peak_mb:.0f}MB events={len(expected)} "
-            f"kills={kills} faults={dict(chaos.done)}"
+            f"commit_gap={gap} aggregator_commit_gap={aggregator_gap} peak_rss={rss.peak_mb:.0f}MB "
+            f"events={len(expected)} kills={kills} faults={dict(chaos.done)}"
         )
     assert all(n == 0 for n in lag.values()), f"the group's commits stop short of the end: {lag}"
+    assert all(n == 0 for n in aggregator_lag.values()), f"the aggregator's commits: {aggregator_lag}"
     tally.assert_nothing_lost()
     assert tally.duplicates == 0, f"copies beyond the kill window: {tally.copied}"
     assert tally.outcome_duplicates == 0
