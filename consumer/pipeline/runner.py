@@ -88,6 +88,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
         return ok, details
 
     http = HealthServer(settings.http.host, _port(settings), healthy, ready).start()
+    set_ready("run", False)  # the series exists from the start, 0 until ready
     log.info("eventmail run starting", extra={"http_port": http.port, "group_id": settings.group_id})
     try:
         # No event is taken before the broker says every ACL of `run` is held (readiness says which lack).
@@ -104,6 +105,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
             if pipeline.fatal:
                 fatal.append(pipeline.fatal)
                 break
+            ready()  # eventmail_ready follows the state even when nothing asks /readyz
             await asyncio.sleep(0.2)
     finally:
         log.info("stopping: draining in-flight work", extra={"in_flight": pipeline.in_flight()})
