@@ -157,6 +157,10 @@ class SmtpSettings(BaseModel):
     #: Special-use domains (RFC 6761: test, local, localhost, invalid, arpa, onion) allowed in
     #: addresses, e.g. ``["test"]`` for internal mail; refused by default.
     allowed_special_use_domains: tuple[str, ...] = ()
+    #: The right part of every Message-ID (default: the sender's domain).
+    message_id_domain: str | None = Field(
+        default=None, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$"
+    )
 
     _ca_file = field_validator("ca_file")(_readable_ca_file)
 

@@ -25,6 +25,10 @@ def esp(server: SMTPTestServer, **extra: Any) -> dict[str, Any]:
     return {"host": server.host, "port": server.port, "encryption": "none", **extra}
 
 
+#: The right part of the Message-IDs of rule_doc's mail: its sender's domain.
+SENDER_DOMAIN = "example.com"
+
+
 def rule_doc(rule_id: str, **overrides: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "id": rule_id,

@@ -10,7 +10,7 @@ from pathlib import Path
 from consumer.mail.message import message_id_for
 from tests.chaos_support import FAST, QUICK_RETRIES, Tally, wait_sent_outcomes, wait_until
 from tests.factories import make_event
-from tests.pipeline_support import apply_rules, esp, publish, rule_doc
+from tests.pipeline_support import SENDER_DOMAIN, apply_rules, esp, publish, rule_doc
 from tests.support.kafka import TopicFactory
 from tests.support.service import Deployment, ServiceProcess
 from tests.support.smtp import SMTPServerFactory
@@ -33,7 +33,7 @@ def test_partitions_pause_at_the_in_flight_bound_and_resume_across_a_rebalance(
     deployment.with_esp({"default": esp(server, max_connections=4)})
     apply_rules(deployment, tmp_path, rule_doc("r-bp"))
     events = [make_event(lead_id=f"BP{i}") for i in range(300)]
-    expected = {message_id_for(e.event_id, "r-bp") for e in events}
+    expected = {message_id_for(e.event_id, "r-bp", SENDER_DOMAIN) for e in events}
     env = deployment.env(**FAST, EVENTMAIL_PIPELINE__MAX_IN_FLIGHT="4")
     a = ServiceProcess("run", env, tmp_path, name="a").start()
     b = ServiceProcess("run", env, tmp_path, name="b")

@@ -34,7 +34,7 @@ from tests.chaos_support import (
     wait_until,
 )
 from tests.factories import make_event
-from tests.pipeline_support import apply_rules, esp, publish, rule_doc
+from tests.pipeline_support import SENDER_DOMAIN, apply_rules, esp, publish, rule_doc
 from tests.support.kafka import LocalBroker, TopicFactory
 from tests.support.service import Deployment, ServiceProcess
 from tests.support.smtp import SMTPServerFactory
@@ -56,7 +56,7 @@ def _events(prefix: str, count: int) -> list[Event]:
 
 
 def _ids(events: list[Event]) -> set[str]:
-    return {message_id_for(e.event_id, RULE) for e in events}
+    return {message_id_for(e.event_id, RULE, SENDER_DOMAIN) for e in events}
 
 
 def _use(deployment: Deployment, tmp_path: Path, connection: dict[str, object]) -> None:

@@ -98,14 +98,30 @@ def test_headers_envelope_and_bcc() -> None:
 
 def test_message_id_is_deterministic_per_event_and_rule() -> None:
     first, again = build(), build(subject="another render")
-    assert first.message_id == again.message_id == message_id_for("ev-1", "r-1")
+    assert first.message_id == again.message_id == message_id_for("ev-1", "r-1", "example.com")
     assert str(parse(first)["Message-ID"]) == first.message_id
     assert first.message_id.startswith("<")
-    assert first.message_id.endswith("@eventmail>")
+    assert first.message_id.endswith("@example.com>")  # the sender's domain, not a bare word
     others = {build(event_id="ev-2").message_id, build(rule_id="r-2").message_id, first.message_id}
     assert len(others) == 3
     # no ambiguity from concatenation: ("ab", "c") and ("a", "bc") differ
     assert message_id_for("ab", "c") != message_id_for("a", "bc")
+
+
+def test_message_id_domain_is_the_senders_or_the_setting() -> None:
+    assert build(sender=MailAddress("Sales@Mail.Example.ORG")).message_id.endswith("@mail.example.org>")
+    idn = build(sender=MailAddress("info@bücher.example")).message_id
+    assert idn.endswith("@xn--bcher-kva.example>")
+    assert idn.isascii()
+    chosen = build_message(
+        Rendered("s", "b", None),
+        sender=SALES,
+        to=[OPS],
+        event_id="ev-1",
+        rule_id="r-1",
+        message_id_domain="mail.example.net",
+    )
+    assert chosen.message_id == message_id_for("ev-1", "r-1", "mail.example.net")
 
 
 def content(part: EmailMessage) -> str:

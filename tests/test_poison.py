@@ -35,7 +35,7 @@ from consumer.mail.message import message_id_for
 from consumer.schemas import parsed_schema, raw_schema
 from tests.chaos_support import FAST, Record, alive, produce_many, read_topic, wait_until
 from tests.factories import make_event
-from tests.pipeline_support import apply_rules, esp_env, rule_doc
+from tests.pipeline_support import SENDER_DOMAIN, apply_rules, esp_env, rule_doc
 from tests.support.kafka import TopicFactory
 from tests.support.service import Deployment, ServiceProcess
 from tests.support.smtp import SMTPServerFactory, SMTPTestServer
@@ -379,7 +379,7 @@ def _poison_run(
         assert headers.get("eventmail.error"), f"{record.key()!r}: no error header"
         assert headers.get("eventmail.source"), f"{record.key()!r}: no source header"
     assert sorted(m.message_id or "" for m in server.messages) == sorted(
-        message_id_for(e.event_id, RULE) for e in good
+        message_id_for(e.event_id, RULE, SENDER_DOMAIN) for e in good
     ), "good events were lost or sent twice"
     assert health.answers > 0
     assert health.bad == [], f"/healthz was not 200: {health.bad[:5]}"

@@ -31,7 +31,7 @@ from tests.chaos_support import (
     wait_until,
 )
 from tests.factories import make_event
-from tests.pipeline_support import apply_rules, publish, rule_doc
+from tests.pipeline_support import SENDER_DOMAIN, apply_rules, publish, rule_doc
 from tests.support.kafka import TopicFactory
 from tests.support.service import Deployment
 
@@ -59,7 +59,7 @@ def _scenario(
     deployment.with_esp({"default": sink.esp(max_connections=POOL)})
     apply_rules(deployment, tmp_path, rule_doc(RULE, action={"subject": "Rebalance {{ lead_id }}"}))
     events = [make_event(lead_id=f"R{i}") for i in range(count)]
-    expected = {message_id_for(e.event_id, RULE) for e in events}
+    expected = {message_id_for(e.event_id, RULE, SENDER_DOMAIN) for e in events}
     env = deployment.env(**FAST, **QUICK_RETRIES, EVENTMAIL_PIPELINE__MAX_IN_FLIGHT=str(IN_FLIGHT))
     publish(deployment, events)  # the backlog is there before anyone reads it
     started = time.monotonic()

@@ -50,7 +50,7 @@ from tests.chaos_support import (
 )
 from tests.factories import make_event
 from tests.hostile_templates import CORPUS, EVENT_DATA
-from tests.pipeline_support import apply_rules, esp, rule_doc
+from tests.pipeline_support import SENDER_DOMAIN, apply_rules, esp, rule_doc
 from tests.support.kafka import LocalBroker, TopicFactory
 from tests.support.registry_fixtures import RegistryEndpoint
 from tests.support.service import Deployment, ServiceProcess
@@ -154,7 +154,7 @@ class Stream:
 
     @property
     def expected(self) -> set[str]:
-        return {message_id_for(event_id, RULE) for event_id in self.good}
+        return {message_id_for(event_id, RULE, SENDER_DOMAIN) for event_id in self.good}
 
 
 @dataclass

@@ -77,7 +77,7 @@ def preview_command(
     except CodecError as exc:
         fail(f"{event_file}: {exc}")
     try:
-        result = preview(compile_rule(rule), event)
+        result = preview(compile_rule(rule), event, state.settings().smtp.message_id_domain)
     except (RenderError, MessageError) as exc:
         fail(f"rule {rule.id}: the mail cannot be built: {exc}")
     if as_json:

@@ -33,7 +33,11 @@ def render_arguments(rule: CompiledRule) -> dict[str, Any]:
 
 
 def build_for(
-    event: Event, rule: CompiledRule, rendered: Rendered, extra_headers: Sequence[tuple[str, str]] = ()
+    event: Event,
+    rule: CompiledRule,
+    rendered: Rendered,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    message_id_domain: str | None = None,
 ) -> BuiltMessage:
     """The message ``rule`` sends for ``event`` once its templates rendered as ``rendered``."""
     action = rule.action
@@ -47,10 +51,13 @@ def build_for(
         rule_id=rule.rule_id,
         rule_version=rule.record_offset,
         extra_headers=extra_headers,
+        message_id_domain=message_id_domain,
     )
 
 
-def compose(event: Event, rule: CompiledRule) -> tuple[Rendered, BuiltMessage]:
+def compose(
+    event: Event, rule: CompiledRule, message_id_domain: str | None = None
+) -> tuple[Rendered, BuiltMessage]:
     """Rendered in this process, then built."""
     rendered = render(event, **render_arguments(rule))
-    return rendered, build_for(event, rule, rendered)
+    return rendered, build_for(event, rule, rendered, message_id_domain=message_id_domain)

@@ -109,7 +109,8 @@ POLICY = _ReusingPolicy(linesep="\r\n", cte_type="7bit", max_line_length=MAX_LIN
 POLICY_UTF8 = POLICY.clone(utf8=True)
 MAX_SUBJECT_CHARS = 2_000
 MAX_NAME_CHARS = 256
-MESSAGE_ID_DOMAIN = "eventmail"
+#: The Message-ID's right part when the sender's domain cannot be used (spam filters score a bare word).
+MESSAGE_ID_DOMAIN = "eventmail.invalid"
 
 
 class Address(Protocol):
@@ -160,8 +161,20 @@ class BuiltMessage:
         return not (self.sender.isascii() and all(r.isascii() for r in self.recipients))
 
 
+def sender_domain(address: str) -> str:
+    """The domain of an envelope address as the Message-ID's right part (ASCII: IDNA for an
+    internationalized one); :data:`MESSAGE_ID_DOMAIN` when there is none that fits."""
+    domain = address.rpartition("@")[2].strip().lower()
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return MESSAGE_ID_DOMAIN
+    return ascii_domain if re.fullmatch(r"[a-z0-9.-]{1,253}", ascii_domain) else MESSAGE_ID_DOMAIN
+
+
 def message_id_for(event_id: str, rule_id: str, domain: str = MESSAGE_ID_DOMAIN) -> str:
-    """``<hex@domain>``: the same for every attempt at delivering ``event_id`` for ``rule_id``."""
+    """``<hex@domain>``: the same for every attempt at delivering ``event_id`` for ``rule_id``; the
+    domain is the sender's (:func:`sender_domain`) or ``EVENTMAIL_SMTP__MESSAGE_ID_DOMAIN``."""
     digest = hashlib.sha256(f"{event_id}\x00{rule_id}".encode()).hexdigest()[:40]
     return f"<{digest}@{domain}>"
 
@@ -288,7 +301,7 @@ def build_message(
     event_id: str,
     rule_id: str,
     date: datetime | None = None,
-    message_id_domain: str = MESSAGE_ID_DOMAIN,
+    message_id_domain: str | None = None,
     rule_version: int | None = None,
     extra_headers: Sequence[tuple[str, str]] = (),
 ) -> BuiltMessage:
@@ -302,7 +315,7 @@ def build_message(
     to_list, cc_list, bcc_list = _many("to", to), _many("cc", cc), _many("bcc", bcc)
     everyone = [from_, *to_list, *cc_list, *bcc_list]
     utf8 = not all(c.envelope.isascii() for c in everyone)
-    message_id = message_id_for(event_id, rule_id, message_id_domain)
+    message_id = message_id_for(event_id, rule_id, message_id_domain or sender_domain(from_.envelope))
 
     policy = POLICY_UTF8 if utf8 else POLICY
     addresses = [("From", (from_.parts,)), ("To", tuple(c.parts for c in to_list))]

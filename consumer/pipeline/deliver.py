@@ -71,7 +71,8 @@ class MailDeliverer:
         key = message_id_for(event.event_id, rule.rule_id).strip("<>").split("@", 1)[0]
         try:
             rendered = await self.renderer.render(event, **render_arguments(rule))
-            built = build_for(event, rule, rendered, self._idempotency_headers(chain, key))
+            headers = self._idempotency_headers(chain, key)
+            built = build_for(event, rule, rendered, headers, self.settings.smtp.message_id_domain)
         except (RenderError, MessageError) as exc:
             reason = "render" if isinstance(exc, RenderError) else "message"
             return DeliveryResult(

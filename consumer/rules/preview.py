@@ -60,12 +60,12 @@ class NoMatch:
         return {"rule_id": self.rule_id, "matched": False, "reason": self.reason}
 
 
-def preview(rule: CompiledRule, event: Event) -> MailPreview | NoMatch:
+def preview(rule: CompiledRule, event: Event, message_id_domain: str | None = None) -> MailPreview | NoMatch:
     """The mail ``rule`` sends for ``event``; raises RenderError/MessageError like a delivery would."""
     reason = rejection(rule, event)
     if reason is not None:
         return NoMatch(rule.rule_id, reason)
-    rendered, built = compose(event, rule)
+    rendered, built = compose(event, rule, message_id_domain)
     message = built.message
     return MailPreview(
         rule_id=rule.rule_id,
