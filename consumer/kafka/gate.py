@@ -27,16 +27,20 @@ class PermissionGate:
         self.interval = interval
         #: None until the broker answered once; then what it says is missing.
         self.missing: list[str] | None = None
+        #: Topics the service needs that do not exist (``eventmail topics create`` makes them).
+        self.missing_topics: list[str] = []
 
     @property
     def ok(self) -> bool:
-        return self.missing == []
+        return self.missing == [] and not self.missing_topics
 
     def details(self) -> dict[str, object]:
         """For the readiness answer, nothing once every permission is held; else
         ``kafka_permissions: false`` and, when the broker answered, which lack."""
         if self.ok:
             return {}
+        if self.missing == [] and self.missing_topics:
+            return {"topics": False, "topics_missing": list(self.missing_topics)}
         out: dict[str, object] = {"kafka_permissions": False}
         if self.missing:
             out["kafka_permissions_missing"] = list(self.missing)
@@ -45,22 +49,30 @@ class PermissionGate:
     async def wait(self, stop: asyncio.Event) -> bool:
         """True once every permission is held; False when ``stop`` was set first."""
         said: list[str] | None = None
+        said_topics: list[str] = []
         while not stop.is_set():
+            unknown: list[str] = []
             try:
-                missing = await asyncio.to_thread(missing_permissions, self.config, self.acls)
+                missing = await asyncio.to_thread(missing_permissions, self.config, self.acls, 15.0, unknown)
             except KafkaException as exc:
                 missing = [f"cannot ask the brokers about permissions: {exc.args[0]}"]
-            self.missing = missing
-            if not missing:
-                if said:
-                    log.info("Kafka permissions granted", extra={"service": self.service})
+            self.missing, self.missing_topics = missing, sorted(unknown)
+            if not missing and not unknown:
+                if said or said_topics:
+                    log.info("Kafka permissions and topics in place", extra={"service": self.service})
                 return True
-            if missing != said:
+            if missing and missing != said:
                 log.error(
                     "not ready: Kafka permissions missing (eventmail acls lists them)",
                     extra={"service": self.service, "missing": missing},
                 )
                 said = missing
+            if not missing and self.missing_topics != said_topics:
+                log.error(
+                    "not ready: topics missing (eventmail topics create makes them)",
+                    extra={"service": self.service, "topics": self.missing_topics},
+                )
+                said_topics = self.missing_topics
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
         return False

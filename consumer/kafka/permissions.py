@@ -38,11 +38,14 @@ def topic_problem(topic: str, error: Any, role: str = "topic", need: str = "READ
     return f"the {role} {topic} cannot be used: {error.str() if hasattr(error, 'str') else error}"
 
 
-def missing_permissions(config: dict[str, Any], acls: list[Acl], timeout: float = 15.0) -> list[str]:
+def missing_permissions(
+    config: dict[str, Any], acls: list[Acl], timeout: float = 15.0, unknown: list[str] | None = None
+) -> list[str]:
     """One line per ACL of ``acls`` the broker says this client lacks; topics that do not exist are
-    left to the component (a principal without DESCRIBE cannot tell, and is told it lacks the
-    permission). A transactional id is asked by claiming one of its pattern (see
-    :func:`_transactional_probe`). Raises KafkaException when the brokers do not answer."""
+    not a permission matter: they are added to ``unknown`` when given (a principal without DESCRIBE
+    cannot tell, and is told it lacks the permission). A transactional id is asked by claiming one
+    of its pattern (see :func:`_transactional_probe`). Raises KafkaException when the brokers do not
+    answer."""
     admin = AdminClient(
         {**{k: v for k, v in config.items() if not k.startswith(("group.", "enable."))}, "log_level": 5}
     )
@@ -66,7 +69,9 @@ def missing_permissions(config: dict[str, Any], acls: list[Acl], timeout: float 
                 if getattr(error, "code", lambda: None)() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
                     allowed = set()
                 elif getattr(error, "code", lambda: None)() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    continue  # not a permission matter: the component says so when it needs the topic
+                    if unknown is not None:
+                        unknown.append(topic)
+                    continue  # not a permission matter
                 else:
                     raise
             out += [f"{principal} lacks {op} on topic {topic}" for op in sorted(needed) if op not in allowed]
