@@ -606,13 +606,16 @@ def http_get(port: int, path: str) -> tuple[int, dict[str, Any]]:
 
 
 async def test_healthz_of_the_service_fails_while_the_brokers_are_retried(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, topic_factory: TopicFactory
 ) -> None:
     flaky = flaky_watermarks(failures=10**9)
     monkeypatch.setattr(service, "Consumer", flaky)
     monkeypatch.setattr(service, "STUCK_AFTER_SECONDS", 1.0)
     port = free_port()
     harness.extra["http"] = {"host": "127.0.0.1", "port": port}
+    # The service starts only once every topic it needs exists (its start-up gate), the rules topic too.
+    rules = topic_factory("rules", compacted=True)
+    harness.extra["topics"] = {"outcomes": harness.outcomes, "alerts": harness.alerts, "rules": rules}
     stop = asyncio.Event()
     task = asyncio.create_task(run_aggregator(harness.settings(), stop, provider=harness.provider))
     try:
