@@ -8,7 +8,9 @@ as a child process with topics and a group of its own per scenario, the baseline
 the naive peer as a child process. Every service runs with the defaults except
 ``EVENTMAIL_PIPELINE__COMMIT_INTERVAL_SECONDS=0.1`` (default 1 s), so that committed offsets, which
 the filter and memory figures are read from, trail the work by at most 0.1 s. Records are JSON
-events of about 450 bytes on 3 partitions.
+events of about 450 bytes on 3 partitions. Everything asyncio here (the raw SMTP clients, the
+hand-written mail loop) runs on the event-loop implementation the service runs on
+(:func:`bench.support.run_on_service_loop`; the report names it).
 
 Figures (rates are per second; the runner divides the first of each pair by the second):
 
@@ -19,23 +21,35 @@ Figures (rates are per second; the runner divides the first of each pair by the 
   starts, with rules that match none of them (their trigger has no rule): decode, match, commit.
   Start-up and rule loading are left out: the clock starts when the group's committed offsets first
   move (C0 records done) and stops when they reach the end; the rate is (N - C0) / elapsed. The
-  plain consumer and the service take turns (plain, service, plain, ...); each figure is the median
-  of its rounds. Ratio ``filter_vs_raw_decode``.
+  plain consumer, the hand-written one and the service take turns (plain, hand, service, plain,
+  hand, ...); each figure is the median of its rounds. Ratio ``filter_vs_raw_decode``.
+* ``hand_json_per_s``: :mod:`bench.peers.hand_json`, the filter loop a platform engineer writes
+  (a group, ``consume(500)`` batches, ``json.loads``, a dict lookup of the trigger and product, no
+  validation), on the same N records, timed as the plain consumer. Ratio ``filter_vs_hand_json``.
 * ``raw_smtp_per_s``: plain aiosmtplib, 8 connected clients sending M pre-built messages back to back
-  to the ``fast`` sink.
+  to the ``fast`` sink (no Kafka at all); ``raw_smtp_cpu_ms_per_mail`` is its process's CPU per mail.
 * ``mail_fast_per_s``: ``eventmail run`` with a rule matching every event, M events, a pool of 8
   (``max_connections: 8``) to the ``fast`` sink; timed from producing the events until their M
   outcomes are acknowledged on the outcome topic (each written before its offset is committed; all
   are checked to say ``sent``). The pool is warmed up first, as the raw clients connect before
-  their clock starts. Raw and service rounds alternate; each figure is the median. Ratio
-  ``mail_vs_raw_smtp``.
+  their clock starts. Raw, service and hand-loop rounds take turns, each round starting with the
+  next one of them; each figure is the median. Ratio ``mail_vs_raw_smtp``.
+* ``hand_mail_per_s`` / ``hand_mail_cpu_ms_per_mail``: :mod:`bench.peers.hand_mail`, the smallest
+  loop that keeps the service's guarantee (consume a batch, send on 8 aiosmtplib connections,
+  produce the outcomes with ``acks=all``, commit after their acknowledgement), as a child process on
+  topics of its own, the same M events to the same ``fast`` sink, timed and costed exactly as
+  ``mail_fast_per_s`` (producing to acknowledged outcomes; CPU of its process). Connected and
+  warmed up with 32 mails first. Ratio ``mail_vs_hand_loop``.
 * ``mail_esp_per_s`` (``mail_esp_connections``: K): the same to the ``esp`` sink with a pool of K,
   since the ESP's latency, not CPU, bounds what one connection carries.
 * ``naive_peer_esp_per_s``: :mod:`bench.peers.naive` (poll loop, ``smtplib``, a connection per mail,
   a synchronous commit per record) to the ``esp`` sink. Ratio ``mail_vs_naive_peer``.
-* ``latency_p50_ms`` / ``latency_p99_ms`` / ``latency_max_ms``: events produced one by one at a fixed
-  200 per second, each with ``occurred_at`` = the moment it is produced; latency is the ``fast``
-  sink's receive time (from its log) minus ``occurred_at``, matched by the event id in the subject.
+* ``latency_p50_ms`` / ``latency_p99_ms`` / ``latency_max_ms``: events produced one by one at a steady
+  500 per second (``latency_target_rate``; ``latency_produced_rate`` is the rate the producing loop
+  achieved), each with ``occurred_at`` = the moment it is produced; latency is from that moment to
+  SMTP acceptance: the ``fast`` sink's time of receiving the message's data, just before its 250
+  reply (from its log), matched by the event id in the subject. The outcome's write comes after it
+  and is not included.
 * ``memory_peak_rss_mb`` / ``memory_rss_growth_mb``: a fresh ``eventmail run`` over a long stream of
   interleaved events (full: 1,000,000 filtered + 100,000 mailed; quick: 40,000 + 1,500), produced
   as fast as the broker takes them; RSS is sampled from /proc/PID/status every 0.25 s; the peak is
@@ -45,8 +59,9 @@ Figures (rates are per second; the runner divides the first of each pair by the 
   consumer process over the timed window, per record: what the rate costs, apart from waiting.
 
 Sizes (quick / full): N = 100,000 / 500,000 in 1 / 2 service rounds; M = 800 / 5,000 in 2 / 3
-rounds to the fast sink and 600 / 3,000 to the ESP sink; 20 / 100 mails for the naive peer; 5 / 60
-seconds of the latency stream.
+rounds to the fast sink (the service, the hand-written loop and raw aiosmtplib alike) and 600 / 3,000
+to the ESP sink; 20 / 100 mails for the naive peer; 5 / 60 seconds of the latency stream (2,500 /
+30,000 mails).
 
 Not measured: a ``trigger``-header fast path (skip decoding records whose trigger no rule uses). It
 would skip validation too, so malformed records carrying such a header would no longer reach the DLQ,
@@ -62,6 +77,7 @@ import argparse
 import asyncio
 import functools
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -77,7 +93,10 @@ from typing import Any
 import aiosmtplib
 from confluent_kafka import Consumer, TopicPartition
 
+from bench.peers import hand_json
+from bench.peers.hand_mail import READY as HAND_MAIL_READY
 from bench.support import (
+    ROOT,
     Deployment,
     EventRecords,
     Offsets,
@@ -91,6 +110,7 @@ from bench.support import (
     produce_all,
     producer,
     read_sink_log,
+    run_on_service_loop,
     stopping,
     wait_for,
 )
@@ -101,10 +121,11 @@ from consumer.mail import MailAddress, Rendered, build_message
 from consumer.outcomes.codec import decode_outcome
 from consumer.outcomes.model import OutcomeStatus
 
-SCENARIOS = ("decode", "filter", "smtp", "mail", "naive", "latency", "memory")
+SCENARIOS = ("decode", "hand_json", "filter", "smtp", "hand_mail", "mail", "naive", "latency", "memory")
 FAST_CONNECTIONS = 8
 ESP_CONNECTIONS = 32
-LATENCY_RATE = 200.0
+#: Mails per second of the latency stream, produced one by one at a steady pace.
+LATENCY_RATE = 500.0
 COMMIT_INTERVAL = "0.1"
 #: Events no rule matches: a trigger no rule uses, for products that do have rules.
 FILTER_TRIGGER = "lead_rejected"
@@ -153,6 +174,8 @@ def rule(rule_id: str, product: str, connection: str) -> dict[str, Any]:
 
 
 RULES = [rule("r-fast", "p-fast", "fast"), rule("r-esp", "p-esp", "esp")]
+#: The same rules as the hand-written filter loop holds them: {trigger: {product_id: [rule id, ...]}}.
+HAND_RULES = {MAIL_TRIGGER: {"p-fast": ["r-fast"], "p-esp": ["r-esp"]}}
 
 
 class Bench:
@@ -254,6 +277,16 @@ class Bench:
         self.rounds.setdefault("raw_consume_decode_per_s", []).append((total - first) / elapsed)
         self.rounds.setdefault("raw_consume_decode_cpu_us_per_event", []).append(cpu / (total - first) * 1e6)
 
+    def hand_json(self) -> None:
+        """One round of the hand-written consumer (:mod:`bench.peers.hand_json`) on the same records."""
+        rounds = self.rounds.setdefault("hand_json_per_s", [])
+        group = f"{self.topics.prefix}.hand-json-{len(rounds)}"
+        result = hand_json.consume(self.servers, self.raw_topic(), group, self.plan.filter_events, HAND_RULES)
+        if result.matched:
+            raise RuntimeError(f"the hand-written consumer matched {result.matched} filter records")
+        rounds.append(result.per_s)
+        self.rounds.setdefault("hand_json_cpu_us_per_event", []).append(result.cpu_us_per_event)
+
     def filter_only(self, n: int) -> None:
         """One round of ``eventmail run`` on the filter records, a fresh deployment and service."""
         name = f"filter{n}"
@@ -303,8 +336,10 @@ class Bench:
             out.append((built.sender, list(built.recipients), built.data))
         return out
 
-    def raw_smtp(self, messages: list[tuple[str, list[str], bytes]]) -> float:
-        async def measure() -> float:
+    def raw_smtp(self, messages: list[tuple[str, list[str], bytes]]) -> tuple[float, float]:
+        """One round of raw aiosmtplib: mails per second and this process's CPU ms per mail."""
+
+        async def measure() -> tuple[float, float]:
             clients = [
                 aiosmtplib.SMTP(
                     hostname="127.0.0.1", port=self.fast_port, start_tls=False, local_hostname="b"
@@ -318,17 +353,17 @@ class Bench:
                 for sender, recipients, data in queue:
                     await client.sendmail(sender, recipients, data)
 
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             await asyncio.gather(*(worker(client) for client in clients))
-            elapsed = time.perf_counter() - started
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
             await asyncio.gather(*(client.quit() for client in clients), return_exceptions=True)
-            return len(messages) / elapsed
+            return len(messages) / elapsed, cpu / len(messages) * 1000
 
-        return asyncio.run(measure())
+        return run_on_service_loop(measure())
 
     def mail_round(
         self,
-        service: Service,
+        service: Service | HandMail,
         deployment: Deployment,
         offsets: Offsets,
         prefix: str,
@@ -336,7 +371,7 @@ class Bench:
         product: str,
     ) -> tuple[float, float]:
         """Produce ``count`` matching events: the rate at which their outcomes are acknowledged, and
-        the service's CPU milliseconds per mail meanwhile."""
+        the consumer's CPU milliseconds per mail meanwhile."""
         outcomes = deployment.topics["outcomes"]
         base = offsets.end(outcomes)
         records = self.records.batch(prefix, count, MAIL_TRIGGER, product)
@@ -354,30 +389,74 @@ class Bench:
         cpu = cpu_seconds(service.pid) - cpu
         return count / (ended - started), cpu / count * 1000
 
+    def hand_mail(self) -> tuple[HandMail, Deployment]:
+        """The hand-written mail loop on topics of its own, connected and ready, warmed up."""
+        topics = {
+            "lms": self.topics.create("hand.lms", 3),
+            "outcomes": self.topics.create("hand.outcomes", 3),
+        }
+        deployment = Deployment(self.servers, topics, group_id=f"{self.topics.prefix}.hand-mail")
+        peer = HandMail(
+            self.servers, deployment, self.fast_port, FAST_CONNECTIONS, "p-fast", self.work / "hand-mail.log"
+        )
+        self.cleanup.append(peer.stop)
+        peer.wait_ready()
+        return peer, deployment
+
     def mail(self) -> None:
         plan = self.plan
         deployment = self.deployment("mail")
         offsets = Offsets(self.servers, deployment.group_id)
         messages = self.smtp_messages(plan.mail_fast)
+        with_hand = "hand_mail" in self.only
         try:
             service = self.service(deployment, "mail")
+            if with_hand:
+                hand, hand_deployment = self.hand_mail()
             service.wait_ready()
             self.mail_round(service, deployment, offsets, "warm-fast", 4 * FAST_CONNECTIONS, "p-fast")
             self.raw_smtp(messages[: len(messages) // 4])
-            raw: list[float] = []
+            if with_hand:
+                self.mail_round(hand, hand_deployment, offsets, "warm-hand", 4 * FAST_CONNECTIONS, "p-fast")
+            raw: list[tuple[float, float]] = []
             ours: list[tuple[float, float]] = []
+            hands: list[tuple[float, float]] = []
+
+            def steps() -> list[Callable[[], None]]:
+                out = [
+                    lambda: raw.append(self.raw_smtp(messages)),
+                    lambda: ours.append(
+                        self.mail_round(service, deployment, offsets, f"m{n}", plan.mail_fast, "p-fast")
+                    ),
+                ]
+                if with_hand:
+                    out.append(
+                        lambda: hands.append(
+                            self.mail_round(hand, hand_deployment, offsets, f"h{n}", plan.mail_fast, "p-fast")
+                        )
+                    )
+                return out
+
             for n in range(plan.mail_rounds):
-                # alternate which side goes first, so a slow stretch of the machine hits both alike
-                if n % 2 == 0:
-                    raw.append(self.raw_smtp(messages))
-                ours.append(self.mail_round(service, deployment, offsets, f"m{n}", plan.mail_fast, "p-fast"))
-                if n % 2 == 1:
-                    raw.append(self.raw_smtp(messages))
-            self.figures["raw_smtp_per_s"] = round(statistics.median(raw), 1)
+                # rotate which side goes first, so a slow stretch of the machine hits each alike
+                order = steps()
+                for step in order[n % len(order) :] + order[: n % len(order)]:
+                    step()
+            self.figures["raw_smtp_per_s"] = round(statistics.median(rate for rate, _ in raw), 1)
+            self.figures["raw_smtp_cpu_ms_per_mail"] = round(statistics.median(cpu for _, cpu in raw), 2)
             self.figures["mail_fast_per_s"] = round(statistics.median(rate for rate, _ in ours), 1)
             self.figures["mail_fast_cpu_ms_per_mail"] = round(statistics.median(cpu for _, cpu in ours), 2)
             self.figures["mail_fast_mails"] = float(plan.mail_fast)
             self.figures["mail_fast_connections"] = float(FAST_CONNECTIONS)
+            if with_hand:
+                report = hand.stop()
+                expected = 4 * FAST_CONNECTIONS + plan.mail_rounds * plan.mail_fast
+                if report.get("mails") != expected or report.get("failed"):
+                    raise RuntimeError(f"the hand-written mail loop sent {report}, not {expected} mails")
+                self.figures["hand_mail_per_s"] = round(statistics.median(rate for rate, _ in hands), 1)
+                self.figures["hand_mail_cpu_ms_per_mail"] = round(
+                    statistics.median(cpu for _, cpu in hands), 2
+                )
             if "latency" in self.only:
                 self.latency(service, deployment)
             self.mail_round(service, deployment, offsets, "warm-esp", 2 * ESP_CONNECTIONS, "p-esp")
@@ -425,6 +504,7 @@ class Bench:
         before = count_lines(self.fast_log)
         sent_at: dict[str, float] = {}
         start = time.monotonic() + 0.1
+        first = last = 0.0
         for n in range(count):
             delay = start + n / LATENCY_RATE - time.monotonic()
             if delay > 0:
@@ -435,6 +515,8 @@ class Bench:
             value = template.value(event_id, MAIL_TRIGGER, "p-fast", now.isoformat())
             prod.produce(deployment.topics["lms"], key=event_id.encode(), value=value)
             prod.poll(0)
+            last = time.monotonic()
+            first = first or last
         prod.flush(30)
         wait_for(
             lambda: count_lines(self.fast_log) >= before + count,
@@ -454,6 +536,9 @@ class Bench:
         self.figures["latency_p99_ms"] = round(percentile(latencies, 99), 1)
         self.figures["latency_max_ms"] = round(max(latencies), 1)
         self.figures["latency_events"] = float(count)
+        self.figures["latency_target_rate"] = LATENCY_RATE
+        #: what the producing loop achieved (it may fall behind on a loaded machine)
+        self.figures["latency_produced_rate"] = round((count - 1) / (last - first), 1)
 
     # --- the naive peer -----------------------------------------------------------------------------------
     def naive_peer(self) -> None:
@@ -549,9 +634,14 @@ class Bench:
         steps: list[tuple[str, Callable[[], None]]] = []
         # the plain consumer and the service take turns, so a slow stretch of the machine hits both
         for n in range(self.plan.filter_rounds):
-            steps += [("decode", self.raw_consume_decode), ("filter", functools.partial(self.filter_only, n))]
+            steps += [
+                ("decode", self.raw_consume_decode),
+                ("hand_json", self.hand_json),
+                ("filter", functools.partial(self.filter_only, n)),
+            ]
         steps += [
             ("decode", self.raw_consume_decode),
+            ("hand_json", self.hand_json),
             ("mail", self.mail),
             ("naive", self.naive_peer),
             ("memory", self.memory),
@@ -560,7 +650,9 @@ class Bench:
             try:
                 self.start_sinks()
                 for name, step in steps:
-                    wanted = name in only or (name == "mail" and bool({"smtp", "latency"} & set(only)))
+                    wanted = name in only or (
+                        name == "mail" and bool({"smtp", "hand_mail", "latency"} & set(only))
+                    )
                     if not wanted:
                         continue
                     started = time.monotonic()
@@ -573,6 +665,79 @@ class Bench:
         if "filter" in only:
             self.figures["filter_events"] = float(self.plan.filter_events)
         return dict(sorted(self.figures.items()))
+
+
+class HandMail:
+    """The hand-written mail loop (:mod:`bench.peers.hand_mail`) as a child process: its stdout is read
+    in a thread (the ready line, then its counts at exit), its stderr goes to ``log``."""
+
+    def __init__(
+        self, servers: str, deployment: Deployment, smtp_port: int, connections: int, product: str, log: Path
+    ) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "bench.peers.hand_mail",
+            "--bootstrap",
+            servers,
+            "--topic",
+            deployment.topics["lms"],
+            "--outcomes",
+            deployment.topics["outcomes"],
+            "--group",
+            deployment.group_id,
+            "--smtp-port",
+            str(smtp_port),
+            "--connections",
+            str(connections),
+            "--trigger",
+            MAIL_TRIGGER,
+            "--product",
+            product,
+        ]
+        self.log = log
+        with log.open("ab") as err:
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="hand-mail", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+            if line.strip() == HAND_MAIL_READY:
+                self._ready.set()
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"the hand-written mail loop exited with {code}:\n{tail}")
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        wait_for(self._ready.is_set, timeout, "hand-mail: ready", 0.02, self.check_alive)
+
+    def stop(self) -> dict[str, Any]:
+        """SIGTERM (it finishes its batch), SIGKILL after 30 s; the counts it printed at exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._reader.join(10)
+        for line in reversed(self.lines):
+            if line.startswith("{"):
+                counts: dict[str, Any] = json.loads(line)
+                return counts
+        return {}
 
 
 def service_metric(service: Service, name: str) -> float:

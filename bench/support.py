@@ -6,6 +6,7 @@ Nothing here measures anything; :mod:`bench.pipeline` decides what is timed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -16,11 +17,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -34,6 +35,49 @@ from consumer.events.triggers import Platform
 ROOT = Path(__file__).resolve().parent.parent
 
 Headers = list[tuple[str, bytes]]
+T = TypeVar("T")
+
+
+#: The setting that chooses the event loop of ``eventmail run`` (when the service has the choice).
+LOOP_SETTING = "EVENTMAIL_PIPELINE__EVENT_LOOP"
+
+
+def service_event_loop() -> str | None:
+    """The event loop ``eventmail run`` runs on in the benchmarks: ``EVENTMAIL_PIPELINE__EVENT_LOOP``
+    of this environment if set (:meth:`Deployment.env` passes it on to every service), else the
+    service's default (``PipelineSettings.event_loop``); None for a service without the choice
+    (``asyncio.run`` on the default loop)."""
+    try:
+        from consumer import eventloop  # noqa: F401  (the service's own choice of loop)
+        from consumer.settings import PipelineSettings
+    except ImportError:
+        return None
+    default = getattr(PipelineSettings(), "event_loop", None)
+    if default is None:
+        return None
+    return os.environ.get(LOOP_SETTING) or str(default)
+
+
+def run_on_service_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on the event-loop implementation ``eventmail run`` uses (:func:`service_event_loop`),
+    so that the baselines (raw aiosmtplib, the hand-written mail loop) and the service compare like
+    with like: the one place the benchmarks choose a loop."""
+    kind = service_event_loop()
+    if kind is None:
+        return asyncio.run(main)
+    from consumer import eventloop
+
+    return eventloop.run(main, kind)
+
+
+def service_loop_name() -> str:
+    """The event-loop class :func:`run_on_service_loop` runs on, for the report."""
+
+    async def name() -> str:
+        loop = asyncio.get_running_loop()
+        return f"{type(loop).__module__}.{type(loop).__name__}"
+
+    return run_on_service_loop(name())
 
 
 def bootstrap() -> str:
@@ -113,6 +157,8 @@ class Deployment:
             "EVENTMAIL_LOG_LEVEL": "INFO",
             "EVENTMAIL_ESP_CONNECTIONS": json.dumps(self.esp_connections),
         }
+        if os.environ.get(LOOP_SETTING):
+            env[LOOP_SETTING] = os.environ[LOOP_SETTING]
         env.update({f"EVENTMAIL_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()})
         env.update(extra)
         return env

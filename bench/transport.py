@@ -4,7 +4,8 @@ Both sides use 8 persistent connections to the same SMTP sink (``consumer.devtoo
 separate process, answering at once) and send the same pre-built messages in the same run, in
 back-to-back pairs of rounds. Raw aiosmtplib is the best case: 8 workers, each with its own connected
 client, calling ``sendmail`` back to back. eventmail's transport is used as the pipeline uses it: many
-concurrent ``send`` calls sharing one pool of 8. ``python -m bench.transport [--quick]`` prints the
+concurrent ``send`` calls sharing one pool of 8. Both run on the event loop the service runs on
+(:func:`bench.support.run_on_service_loop`). ``python -m bench.transport [--quick]`` prints the
 figures.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import aiosmtplib
 
+from bench.support import run_on_service_loop
 from consumer.devtools.smtp_sink import spawn_sink_process, stop_sink_process
 from consumer.mail import ConnectionParams, MailAddress, Rendered, Transport, build_message
 from consumer.settings import Encryption, SmtpSettings
@@ -125,7 +127,7 @@ def run(quick: bool) -> dict[str, float]:
     """
     process, port = spawn_sink_process(profile="fast")
     try:
-        return asyncio.run(_measure(port, count=2_000, pairs=4 if quick else 12))
+        return run_on_service_loop(_measure(port, count=2_000, pairs=4 if quick else 12))
     finally:
         stop_sink_process(process)
 
