@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from consumer.errors import SettingsError
+from consumer.eventloop import EventLoop
 from consumer.events.codec import InputFormat
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -44,6 +45,10 @@ class KafkaSettings(BaseModel):
     sasl_password_file: Path | None = None
     #: The SASL user (``sasl.username``): one per component, each with its own ACLs.
     sasl_username: str | None = None
+    #: A group consumer out of its group this long while the brokers answer a fresh client is stuck:
+    #: it is replaced by a new one and /healthz fails until one is a member again. Longer than a
+    #: rebalance may legitimately take (librdkafka's max.poll.interval.ms, 300 s by default).
+    group_stuck_seconds: float = Field(default=360.0, gt=0)
 
     @field_validator("sasl_password_file")
     @classmethod
@@ -238,7 +243,18 @@ class PipelineSettings(BaseModel):
     max_uncommitted_per_partition: int = Field(default=10_000, ge=1)
     #: How far back the outcome read-back looks for results of uncommitted records after a restart.
     dedup_lookback_seconds: float = Field(default=900.0, gt=0)
+    #: ``transaction.timeout.ms`` of the retry hand-off: how long the broker keeps a hand-off of a
+    #: process that vanished open (hiding later outcomes from the read-back), and how long a hand-off
+    #: waits for the broker before it is aborted and written again. The broker's
+    #: ``transaction.max.timeout.ms`` (15 minutes by default) bounds it.
+    handoff_transaction_timeout_seconds: float = Field(default=15.0, ge=1.0, le=900.0)
     input_format: InputFormat = InputFormat.AUTO
+    #: The event loop of ``eventmail run`` (:mod:`consumer.eventloop`).
+    event_loop: EventLoop = EventLoop.UVLOOP
+
+    @property
+    def handoff_transaction_timeout_ms(self) -> int:
+        return int(self.handoff_transaction_timeout_seconds * 1000)
 
 
 class Settings(BaseSettings):

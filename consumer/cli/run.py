@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 
 from consumer.cli.common import CliState, pass_state
@@ -20,11 +18,12 @@ def run_command(state: CliState) -> None:
     /metrics, /healthz and /readyz on EVENTMAIL_HTTP__PORT (default 9400). SIGTERM or Ctrl-C
     drains in-flight mail (EVENTMAIL_PIPELINE__DRAIN_TIMEOUT_SECONDS), commits and exits 0.
     """
+    from consumer import eventloop
     from consumer.pipeline.runner import run_service
 
     settings = state.settings()
     configure_logging(settings.log_level, settings.log_format)
-    code = asyncio.run(run_service(settings))
+    code = eventloop.run(run_service(settings), settings.pipeline.event_loop)
     raise SystemExit(code)
 
 
