@@ -68,13 +68,16 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
         drain_timeout=settings.pipeline.drain_timeout_seconds,
         on_fatal=on_fatal,
         max_uncommitted=settings.pipeline.max_uncommitted_per_partition,
+        group_stuck_after=settings.kafka.group_stuck_seconds,
     )
     beat = {"loop": time.monotonic()}
     gate = PermissionGate(settings.kafka_config(), acls_for(Component.RUN, settings), "run")
 
     def healthy() -> tuple[bool, dict[str, object]]:
         loop_ok = time.monotonic() - beat["loop"] < 30
-        return loop_ok and source.alive() and not fatal, {"loop": loop_ok, "source": source.alive()}
+        source_ok = source.alive()
+        details = {"loop": loop_ok, "source": source_ok, **source.group.details()}
+        return loop_ok and source_ok and not fatal, details
 
     def ready() -> tuple[bool, dict[str, object]]:
         details: dict[str, object] = {

@@ -7,6 +7,11 @@ pipeline to finish the revoked partitions' work, then commits synchronously, the
 their state. The rebalance callbacks never raise: their broker calls are retried while the errors are
 transient (``/healthz`` fails while one is stuck), and a call that cannot succeed stops the service.
 
+Out of the group for ``group_stuck_after`` seconds while the brokers answer a fresh client (see
+:mod:`consumer.kafka.group_watch`: librdkafka can stay without a coordinator after a broker restart),
+the source drops its partitions' state (no commit: they are someone else's by now), replaces its
+consumer with a new one that joins afresh, and ``/healthz`` fails until a consumer is a member again.
+
 Pauses have three reasons, each with its own threshold and its own resume point: the pipeline holds
 ``max_in_flight`` event records (every event partition), ``max_retry_pending`` retry records (every
 retry partition), or one partition's uncommitted span passed ``max_uncommitted_per_partition`` (that
@@ -25,6 +30,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumer.kafka.group_watch import GroupWatch, brokers_answer
 from consumer.kafka_retry import BrokerCalls, RetryStopped, is_retriable
 from consumer.observability.metrics import CONSUMER_LAG, KAFKA_ERRORS, PARTITIONS_PAUSED
 from consumer.pipeline.offsets import TopicPartitionKey
@@ -94,22 +100,26 @@ class SourceConsumer:
         on_fatal: Callable[[str], None],
         max_uncommitted: int = 10_000,
         callback_retry_seconds: float = 300.0,
+        group_stuck_after: float = 360.0,
     ) -> None:
-        self._consumer = Consumer(
-            {
-                "partition.assignment.strategy": "cooperative-sticky",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "statistics.interval.ms": 5000,
-                "session.timeout.ms": 10000,
-                "heartbeat.interval.ms": 1000,
-                **config,
-                "error_cb": self._on_error,
-                "stats_cb": self._on_stats,
-            }
-        )
+        self._config: dict[str, Any] = {
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "statistics.interval.ms": 5000,
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 1000,
+            **config,
+        }
+        self._generation = 0
+        self._consumer = self._new_consumer()
+        #: Membership of the group; out of it for too long while the brokers answer is "stuck".
+        self.group = GroupWatch(group_stuck_after)
+        #: When the brokers may be asked again whether they answer (while out of the group too long).
+        self._next_probe = 0.0
+        self.recreated = 0
         self._topics = topics
         self._retry_topic = retry_topic
         self._handler = handler
@@ -137,6 +147,22 @@ class SourceConsumer:
         self.broker_reachable = False
         self._thread = threading.Thread(target=self._run, name="source", daemon=True)
 
+    def _new_consumer(self) -> Consumer:
+        """A consumer whose statistics and errors count only while it is the current one (a replaced
+        consumer still reports while it closes)."""
+        self._generation += 1
+        generation = self._generation
+
+        def on_error(error: KafkaError) -> None:
+            if generation == self._generation:
+                self._on_error(error)
+
+        def on_stats(raw: str) -> None:
+            if generation == self._generation:
+                self._on_stats(raw)
+
+        return Consumer({**self._config, "error_cb": on_error, "stats_cb": on_stats})
+
     # --- librdkafka callbacks (called from within poll, i.e. this thread) --------------------------------
     def _on_error(self, error: KafkaError) -> None:
         KAFKA_ERRORS.labels(code=error.name()).inc()
@@ -153,6 +179,7 @@ class SourceConsumer:
         except ValueError:
             return
         self.broker_reachable = any(b.get("state") == "UP" for b in stats.get("brokers", {}).values())
+        self.group.on_stats(stats)
         for topic, tstats in stats.get("topics", {}).items():
             for pid, pstats in tstats.get("partitions", {}).items():
                 if pid == "-1" or (topic, int(pid)) not in self._assigned:
@@ -163,6 +190,9 @@ class SourceConsumer:
                     CONSUMER_LAG.labels(topic=topic, partition=pid).set(lag)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return  # a replaced consumer closing: its partitions are gone already
+        self.group.joined()
         keys = {(p.topic, p.partition) for p in partitions}
         self._callback_since = time.monotonic()
         try:
@@ -200,6 +230,8 @@ class SourceConsumer:
         return self.calls.call("committed offsets", read)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return
         keys = {(p.topic, p.partition) for p in partitions}
         self._callback_since = time.monotonic()
         try:
@@ -214,6 +246,8 @@ class SourceConsumer:
         log.info("partitions revoked", extra={"partitions": sorted(f"{t}[{p}]" for t, p in keys)})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return
         keys = {(p.topic, p.partition) for p in partitions}
         try:
             self._handler.on_lost(keys)
@@ -237,13 +271,53 @@ class SourceConsumer:
 
     # --- the loop --------------------------------------------------------------------------------------
     def start(self) -> None:
+        self._subscribe()
+        self.group.out_since = time.monotonic()
+        self._thread.start()
+
+    def _subscribe(self) -> None:
         self._consumer.subscribe(
             [*self._topics, self._retry_topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        self._thread.start()
+
+    def _watch_group(self) -> None:
+        """Out of the group too long: ask a fresh client whether the brokers answer; if they do, the
+        consumer is stuck (not the brokers away) and is replaced, at most once per bound."""
+        now = time.monotonic()
+        if not self.group.overdue() or now < self._next_probe:
+            return
+        self._next_probe = now + max(self.group.stuck_after, 5.0)
+        reachable = brokers_answer(self._config)
+        self.group.reachable = reachable
+        if not reachable:
+            log.warning(
+                "not a member of the consumer group; the brokers do not answer either (an outage)",
+                extra={"out_of_group_seconds": round(self.group.out_for()), "group": self.group.state},
+            )
+            return
+        log.error(
+            "not a member of the consumer group while the brokers answer: replacing the consumer",
+            extra={"out_of_group_seconds": round(self.group.out_for()), "group": self.group.state},
+        )
+        self._replace_consumer()
+
+    def _replace_consumer(self) -> None:
+        owned = set(self._assigned)
+        if owned:  # not a member for this long: they are someone else's; nothing is committed
+            try:
+                self._handler.on_lost(owned)
+            except Exception:
+                log.exception("replacing the consumer: dropping the partitions' state failed")
+            self._forget(owned)
+        old = self._consumer
+        self._consumer = self._new_consumer()
+        self._subscribe()
+        self.recreated += 1
+        # The old one may wait on its coordinator while closing: not on this thread.
+        threading.Thread(target=_close_quietly, args=(old,), name="source-close", daemon=True).start()
 
     def _run(self) -> None:
         last_commit = time.monotonic()
@@ -264,6 +338,7 @@ class SourceConsumer:
                     # broker); _backpressure pauses when it stays full.
                     self._handler.wait_for_room(self._room_limit, 0.05)
                 self._backpressure()
+                self._watch_group()
                 if time.monotonic() - last_commit >= self._commit_interval:
                     self._commit(None, asynchronous=True)
                     last_commit = time.monotonic()
@@ -400,8 +475,11 @@ class SourceConsumer:
 
         Stuck: the loop has not come round for ``stale_after`` seconds, except inside a rebalance
         callback that is making progress (a drain, an outcome read-back), or a broker call has been
-        retried on transient errors for ``stale_after`` seconds."""
+        retried on transient errors for ``stale_after`` seconds, or the consumer has been out of its
+        group for its bound while the brokers answer (see :class:`GroupWatch`)."""
         now = time.monotonic()
+        if self.group.stuck():
+            return False
         retrying = self.calls.retrying
         for stuck in (None if retrying is None else retrying.since, self._handler.stuck_since()):
             if stuck is not None and now - stuck >= stale_after:
@@ -414,3 +492,10 @@ class SourceConsumer:
         if since is not None:
             return now - since < stale_after + self._drain_timeout + 120.0
         return now - self.last_loop < stale_after
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except Exception as exc:  # a replaced consumer: nothing depends on its close
+        log.info("closing the replaced consumer failed", extra={"error": str(exc)[:300]})
