@@ -7,7 +7,11 @@ trigger, connection name, status, reason class), never from event ids, addresses
 
 from __future__ import annotations
 
+from typing import Any, TypeVar, cast
+
 from prometheus_client import Counter, Gauge, Histogram
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -77,3 +81,17 @@ WINDOW_BUCKETS = Gauge("eventmail_window_buckets", "Time buckets held across all
 AGGREGATOR_LAG_SECONDS = Gauge(
     "eventmail_aggregator_lag_seconds", "Age of the newest outcome the aggregator has processed."
 )
+
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: M, *values: str) -> M:
+    """``metric.labels(*values)``, looked up once per label values (they come from bounded sets) and
+    kept: ``labels()`` costs a lock and a dictionary of its own on every call, on the hot path of
+    every mail. Label values are positional, in the order of the metric's label names."""
+    key = (id(metric), values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*values)
+    return cast("M", found)

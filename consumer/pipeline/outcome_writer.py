@@ -22,7 +22,7 @@ import time
 
 from confluent_kafka import KafkaError, KafkaException
 
-from consumer.observability.metrics import OUTCOMES_WRITTEN
+from consumer.observability.metrics import OUTCOMES_WRITTEN, child
 from consumer.outcomes.codec import encode_outcome
 from consumer.outcomes.model import Outcome, SourcePosition
 from consumer.pipeline.producer import AsyncProducer
@@ -94,7 +94,7 @@ class OutcomeWriter:
                 delay = min(delay * 2, self.max_backoff)
                 continue
             break
-        OUTCOMES_WRITTEN.labels(status=outcome.status.value).inc()
+        child(OUTCOMES_WRITTEN, outcome.status.value).inc()
         if not self._writable.is_set():
             blocked = time.monotonic() - (self._blocked_since or time.monotonic())
             log.warning(

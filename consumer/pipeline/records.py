@@ -5,6 +5,7 @@ and retry records (wait until due -> deliver again). Bad input goes to the DLQ, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from consumer.observability.metrics import (
     MAILS_SENT,
     OUTCOMES_WRITTEN,
     RULES_MATCHED,
+    child,
 )
 from consumer.outcomes.codec import encode_outcome
 from consumer.outcomes.model import Outcome, OutcomeStatus, SourcePosition
@@ -137,7 +139,7 @@ class RecordProcessor:
         consumed.inc()
         matched = self.rules().match(event)
         if matched:
-            RULES_MATCHED.labels(platform=platform.value, trigger=key[1]).inc(len(matched))
+            child(RULES_MATCHED, platform.value, key[1]).inc(len(matched))
         return matched
 
     async def _rejected(self, msg: Message, platform: Platform, exc: CodecError) -> None:
@@ -234,8 +236,8 @@ class RecordProcessor:
         status = OutcomeStatus.SENT
         ids = {"event_id": event.event_id, "rule_id": rule.rule_id, "attempts": result.attempts}
         if result.verdict is Verdict.SENT:
-            MAILS_SENT.labels(connection=connection).inc()
-            END_TO_END_SECONDS.labels(platform=event.platform.value).observe(_age_seconds(event))
+            child(MAILS_SENT, connection).inc()
+            child(END_TO_END_SECONDS, event.platform.value).observe(_age_seconds(event))
         elif result.verdict is Verdict.TRANSIENT:
             now = datetime.now(UTC)
             retry = schedule(
@@ -278,7 +280,7 @@ class RecordProcessor:
             BILLABLE_EVENTS.inc()
         await self.write_outcome(self._outcome(event, rule, result, status, origin))
         if status is OutcomeStatus.SENT:  # logged once its outcome is written: outside the duplicate window
-            log.info("mail sent", extra={**ids, "message_id": result.message_id, "code": result.smtp_code})
+            _info("mail sent", {**ids, "message_id": result.message_id, "code": result.smtp_code})
 
     def _outcome(
         self, event: Event, rule: Any, result: DeliveryResult, status: OutcomeStatus, origin: SourcePosition
@@ -312,6 +314,14 @@ class RecordProcessor:
         await self.dead_letters.write(msg, error)
 
 
+def _info(message: str, extra: dict[str, Any]) -> None:
+    """``log.info(message, extra=extra)`` for a line of every mail, without the search for the
+    caller's file and line (which no eventmail formatter writes): the same record otherwise."""
+    if log.isEnabledFor(logging.INFO):
+        log.handle(log.makeRecord(log.name, logging.INFO, "", 0, message, (), None, extra=extra))
+
+
+@functools.lru_cache(maxsize=1024)
 def _metric_label(connection: str | None) -> str:
     """The ``connection`` label, as the transport's metrics use it: the ESP connection's name, or
     for ``manual:HOST:PORT`` the bounded :func:`~consumer.mail.params.manual_label`."""
