@@ -49,10 +49,6 @@ class KafkaSettings(BaseModel):
     #: it is replaced by a new one and /healthz fails until one is a member again. Longer than a
     #: rebalance may legitimately take (librdkafka's max.poll.interval.ms, 300 s by default).
     group_stuck_seconds: float = Field(default=360.0, gt=0)
-    #: A group consumer out of its group this long while the brokers answer a fresh client is stuck:
-    #: it is replaced by a new one and /healthz fails until one is a member again. Longer than a
-    #: rebalance may legitimately take (librdkafka's max.poll.interval.ms, 300 s by default).
-    group_stuck_seconds: float = Field(default=360.0, gt=0)
 
     @field_validator("sasl_password_file")
     @classmethod
