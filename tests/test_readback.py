@@ -17,19 +17,28 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
 import pytest
 from confluent_kafka import Producer
 
+from consumer.events.codec import EventDecoder
 from consumer.outcomes.codec import encode_outcome
 from consumer.outcomes.model import Outcome, OutcomeStatus, SourcePosition
 from consumer.pipeline.dedup import read_delivered
+from consumer.pipeline.deliver import MailDeliverer
 from consumer.pipeline.handoff import RetryHandoff
 from consumer.pipeline.outcome_writer import source_header
+from consumer.pipeline.producer import AsyncProducer
+from consumer.pipeline.records import RecordProcessor
+from consumer.pipeline.service import Pipeline
+from consumer.rules.matching import RuleIndex
+from consumer.settings import Settings
 from tests.chaos_support import read_topic
 from tests.support.kafka import TopicFactory
+from tests.support.service import Deployment
 
 SOURCE = "lms.events"
 
@@ -163,3 +172,136 @@ def test_a_cancelled_hand_off_does_not_let_the_next_one_begin_meanwhile(
         handoff.close()
     values = {m.value() for m in read_topic(kafka_bootstrap, outcomes)}
     assert {f"o{n}b".encode() for n in range(5)} <= values
+
+
+# --- incremental across assignments ------------------------------------------------------------------
+#: The look-back window of the test: WINDOW outcomes already there (20 s at 3,000 outcomes/s), then
+#: NEW more before each re-assignment (1 s at 3,000 outcomes/s).
+WINDOW = 60_000
+NEW = 3_000
+SOURCES = 6  # source partitions named in the outcomes; the replica owns 0 and 1
+
+
+class _Pipe:
+    """A real :class:`Pipeline` (record processor, producers, its loop in a thread) whose rebalance
+    callbacks the test calls in librdkafka's order; each read-back's ``scanned`` count is logged."""
+
+    def __init__(self, bootstrap: str, topic_factory: TopicFactory) -> None:
+        deployment = Deployment.create(bootstrap, topic_factory, partitions=SOURCES)
+        self.settings = Settings(
+            kafka={"bootstrap_servers": bootstrap},
+            group_id=deployment.group_id,
+            topics=deployment.topics,
+            esp_connections={},
+            pipeline={"drain_timeout_seconds": 5, "dedup_lookback_seconds": 600},
+        )
+        self.source = self.settings.topics.lms
+        self.outcomes = self.settings.topics.outcomes
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
+        self.thread.start()
+        config = self.settings.kafka_config()
+        self.producer = AsyncProducer(config, name="outcomes")
+        self.handoff = RetryHandoff(config, self.settings.group_id)
+        self.deliverer = MailDeliverer(self.settings)
+        processor = RecordProcessor(
+            self.settings,
+            EventDecoder(self.settings.pipeline.input_format, None),
+            lambda: RuleIndex([]),
+            self.deliverer,
+            self.producer,
+            self.handoff,
+            lambda tp, offset: self.pipeline.already_delivered(tp, offset),
+        )
+        self.pipeline = Pipeline(self.settings, self.loop, processor)
+
+    def write(self, first: int, count: int) -> dict[tuple[int, int], set[str]]:
+        """``count`` outcomes of source offsets ``first``... spread over every source partition and
+        every outcome partition (keyed by rule id); what was written, by (partition, offset)."""
+        written: dict[tuple[int, int], set[str]] = {}
+        producer = Producer({"bootstrap.servers": self.settings.kafka.bootstrap_servers, "linger.ms": 20})
+        for n in range(first, first + count):
+            partition, offset, rule = n % SOURCES, n // SOURCES, f"r-{n % 7}"
+            outcome = Outcome(
+                rule_id=rule,
+                status=OutcomeStatus.SENT,
+                source=SourcePosition(topic=self.source, partition=partition, offset=offset),
+            )
+            written.setdefault((partition, offset), set()).add(rule)
+            value, headers = encode_outcome(outcome), source_header(outcome.source)
+            producer.produce(self.outcomes, key=rule.encode(), value=value, headers=headers)
+            producer.poll(0)
+        assert producer.flush(60) == 0
+        return written
+
+    def assign(self, committed: dict[int, int], caplog: pytest.LogCaptureFixture) -> tuple[int, float]:
+        """``on_assigned`` for these source partitions: (outcomes scanned, seconds)."""
+        caplog.clear()
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="consumer.pipeline.dedup"):
+            self.pipeline.on_assigned({(self.source, p): o for p, o in committed.items()})
+        elapsed = time.monotonic() - started
+        done = [r for r in caplog.records if r.getMessage() == "outcome read-back done"]
+        assert len(done) == 1, [r.getMessage() for r in caplog.records]
+        return int(getattr(done[0], "scanned")), elapsed  # noqa: B009
+
+    def revoke(self, partitions: set[int]) -> None:
+        keys = {(self.source, p) for p in partitions}
+        self.pipeline.drain(keys, 5)
+        self.pipeline.on_revoked(keys)
+
+    def skipped(self, partition: int, offsets: range) -> dict[int, set[str]]:
+        """What the pipeline would skip as already delivered, per offset (each asked once)."""
+        found = {o: self.pipeline.already_delivered((self.source, partition), o) for o in offsets}
+        return {o: rules for o, rules in found.items() if rules}
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.deliverer.close(), self.loop).result(10)
+        self.producer.close(10)
+        self.handoff.close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _expected(written: dict[tuple[int, int], set[str]], partition: int, since: int) -> dict[int, set[str]]:
+    return {o: rules for (p, o), rules in written.items() if p == partition and o >= since}
+
+
+def test_a_reassignment_reads_only_the_new_outcomes_and_skips_every_delivered_mail(
+    kafka_bootstrap: str, topic_factory: TopicFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partition given back to the same process reads the outcomes written since its last
+    read-back, not its whole window again, and still knows every delivered mail of its uncommitted
+    records: those of the first read (kept) and those written meanwhile (read now). A committed offset
+    further on drops what lies below it; one further back (the group rewound) reads the window again."""
+    pipe = _Pipe(kafka_bootstrap, topic_factory)
+    try:
+        written = pipe.write(0, WINDOW)
+        top = WINDOW // SOURCES  # offsets per source partition so far
+        scanned, first = pipe.assign({0: 100, 1: -1001}, caplog)  # 1: nothing committed yet
+        assert scanned == WINDOW
+        assert pipe.skipped(0, range(top)) == _expected(written, 0, 100)
+        assert pipe.skipped(1, range(top)) == _expected(written, 1, 0)
+        figures = [f"first assignment: {WINDOW:,} outcomes in {first * 1000:.0f} ms"]
+        for round_ in range(3):  # revoked, NEW more outcomes, assigned again: nothing committed since
+            pipe.revoke({0, 1})
+            written.update(pipe.write(WINDOW + round_ * NEW, NEW))
+            top = (WINDOW + (round_ + 1) * NEW) // SOURCES
+            scanned, seconds = pipe.assign({0: 100, 1: -1001}, caplog)
+            assert scanned == NEW, f"re-assignment {round_ + 1} scanned {scanned:,}, not the {NEW:,} new"
+            assert pipe.skipped(0, range(top)) == _expected(written, 0, 100)
+            assert pipe.skipped(1, range(top)) == _expected(written, 1, 0)
+            figures.append(f"re-assignment {round_ + 1}: {scanned:,} outcomes in {seconds * 1000:.0f} ms")
+        pipe.revoke({0, 1})
+        scanned, _ = pipe.assign({0: 5_000, 1: 2_000}, caplog)  # another member committed meanwhile
+        assert scanned == 0
+        assert pipe.skipped(0, range(top)) == _expected(written, 0, 5_000)
+        assert pipe.skipped(1, range(top)) == _expected(written, 1, 2_000)
+        pipe.revoke({0, 1})
+        scanned, _ = pipe.assign({0: 50, 1: 2_000}, caplog)  # rewound below what was kept: read again
+        assert scanned == WINDOW + 3 * NEW
+        assert pipe.skipped(0, range(top)) == _expected(written, 0, 50)
+        assert pipe.skipped(1, range(top)) == _expected(written, 1, 2_000)
+        print("read-back per assignment | " + "; ".join(figures))
+    finally:
+        pipe.close()

@@ -26,7 +26,7 @@ from confluent_kafka import Message
 from consumer.errors import CodecError
 from consumer.kafka_retry import BrokerCalls
 from consumer.observability.metrics import READY
-from consumer.pipeline.dedup import read_delivered
+from consumer.pipeline.dedup import ReadbackMemory, read_delivered
 from consumer.pipeline.offsets import TopicPartitionKey, position
 from consumer.pipeline.partitions import Partition, PartitionTable
 from consumer.pipeline.records import RecordProcessor
@@ -94,6 +94,8 @@ class Pipeline:
         self.fatal: str | None = None
         #: Retries of the start-up reads made in the rebalance callbacks (the source thread's).
         self.reads = BrokerCalls(give_up_after=300.0)
+        #: What the outcome read-backs found: a partition assigned again reads only what came since.
+        self.readback = ReadbackMemory()
         # The processor's deliveries take these slots: the pipeline sees which tasks are sending.
         processor.mail_slots = SendSlots(settings.pipeline.max_in_flight, self._sending)
 
@@ -139,6 +141,7 @@ class Pipeline:
                 self.settings.topics.outcomes,
                 partitions,
                 self.settings.pipeline.dedup_lookback_seconds,
+                memory=self.readback,
             ),
         )
         with self._lock:
