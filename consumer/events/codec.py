@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from consumer.avro import decode_schemaless, encode_schemaless, is_confluent_wire, join_wire, split_wire
 from consumer.errors import CodecError, describe_validation
+from consumer.events import fastpath
 from consumer.events.model import Event
 from consumer.events.triggers import Platform
 from consumer.schemas import parsed_schema
@@ -57,13 +58,25 @@ def _looks_like_json(value: bytes) -> bool:
 
 
 class EventDecoder:
-    """Turns record values into events. Thread-compatible; holds only caches."""
+    """Turns record values into events. Thread-compatible; holds only caches.
+
+    Each record is decoded by the fast path (msgspec, :mod:`consumer.events.fastpath`) first; a record
+    it does not accept goes through the reference path (``json.loads``/fastavro and pydantic), which
+    gives the event or the error, so errors (the DLQ reasons) are the reference path's by construction.
+    ``fast=False`` runs the reference path alone (the equivalence tests compare the two).
+    """
 
     def __init__(
-        self, input_format: InputFormat = InputFormat.AUTO, writer_schema: WriterSchemaLookup | None = None
+        self,
+        input_format: InputFormat = InputFormat.AUTO,
+        writer_schema: WriterSchemaLookup | None = None,
+        *,
+        fast: bool = True,
     ) -> None:
         self.input_format = input_format
         self._writer_schema = writer_schema
+        self._build = build_event if fast else build_event_reference
+        self._json = _decode_json if fast else decode_json_reference
 
     @property
     def writer_schema(self) -> WriterSchemaLookup | None:
@@ -88,27 +101,18 @@ class EventDecoder:
             raise CodecError(f"record of {len(value)} bytes exceeds {MAX_RECORD_BYTES}")
         content_type = _content_type(headers)
         if content_type is not None and "json" in content_type.lower():
-            return self._from_json(platform, value)
+            return self._json(platform, value)
         if is_confluent_wire(value):
             return self._from_wire(platform, value, fetch, writer)
         if _looks_like_json(value):
-            return self._from_json(platform, value)
+            return self._json(platform, value)
         if self.input_format is InputFormat.AVRO:
             record = decode_schemaless(value, parsed_schema(SCHEMA_NAMES[platform]))
-            return build_event(platform, record)
+            return self._build(platform, record)
         raise CodecError(
             "unrecognised encoding: neither JSON nor Confluent wire format"
             + ("" if self.input_format is InputFormat.AUTO else f" (input format {self.input_format.value})")
         )
-
-    def _from_json(self, platform: Platform, value: bytes) -> Event:
-        try:
-            record = json.loads(value)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise CodecError(f"invalid JSON: {exc}") from None
-        if not isinstance(record, dict):
-            raise CodecError(f"JSON event must be an object, not {type(record).__name__}")
-        return build_event(platform, record)
 
     def _from_wire(self, platform: Platform, value: bytes, fetch: bool, writer: Any) -> Event:
         schema_id, body = split_wire(value)
@@ -128,11 +132,38 @@ class EventDecoder:
             except Exception as exc:
                 raise CodecError(f"schema id {schema_id}: cannot fetch from the registry: {exc}") from None
         record = decode_schemaless(body, writer, parsed_schema(SCHEMA_NAMES[platform]))
-        return build_event(platform, record)
+        return self._build(platform, record)
+
+
+def _decode_json(platform: Platform, value: bytes) -> Event:
+    event = fastpath.decode_json(platform, value)
+    if event is not None:
+        return event
+    return decode_json_reference(platform, value)
+
+
+def decode_json_reference(platform: Platform, value: bytes) -> Event:
+    """The reference path of a JSON record value (``json.loads`` and pydantic): the fast path's
+    fallback, whose errors are the DLQ reasons."""
+    try:
+        record = json.loads(value)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CodecError(f"invalid JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise CodecError(f"JSON event must be an object, not {type(record).__name__}")
+    return build_event_reference(platform, record)
 
 
 def build_event(platform: Platform, record: dict[str, Any]) -> Event:
     """Validate a decoded record into an :class:`Event`; errors name the field."""
+    event = fastpath.from_record(platform, record)
+    if event is not None:
+        return event
+    return build_event_reference(platform, record)
+
+
+def build_event_reference(platform: Platform, record: dict[str, Any]) -> Event:
+    """The reference path of :func:`build_event` (pydantic): the fast path's fallback."""
     if "platform" in record:
         raise CodecError("not an event field (the platform comes from the topic)", field="platform")
     try:

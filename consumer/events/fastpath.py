@@ -1,0 +1,138 @@
+"""The fast path of event decoding: msgspec parses and type-checks a record in C.
+
+It only ever accepts: a record it cannot prove valid gives None, and the caller runs the reference
+path (:func:`consumer.events.codec.build_event`, pydantic), which returns the event or raises the
+error of the DLQ. So errors are the reference path's by construction, and an event of the fast path
+equals the reference path's (same field values, types and ``model_fields_set``): every constraint of
+:class:`~consumer.events.model.Event` is checked here as strictly or more strictly, and the timestamp
+goes through pydantic's own datetime validator. ``tests/test_decoder_equivalence.py`` proves it.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+from pydantic import TypeAdapter, ValidationError
+
+from consumer.events.model import MAX_DATA_ENTRIES, MAX_FIELD_CHARS, Event
+from consumer.events.triggers import CALL_LOGIC_TRIGGERS, LMS_TRIGGERS, Platform
+
+_Text = Annotated[str, Meta(max_length=MAX_FIELD_CHARS)]
+_Optional = _Text | UnsetType | None
+
+
+class WireEvent(Struct, forbid_unknown_fields=True):
+    """The wire fields of an event, as the reference model constrains them (UNSET: absent)."""
+
+    event_id: Annotated[str, Meta(min_length=1, max_length=min(256, MAX_FIELD_CHARS))]
+    trigger: Annotated[str, Meta(min_length=1, max_length=64)]
+    occurred_at: Any  # pydantic's datetime validator decides (ISO strings, timestamps, datetimes)
+    product_id: _Optional = UNSET
+    campaign_id: _Optional = UNSET
+    lead_id: _Optional = UNSET
+    publisher_id: _Optional = UNSET
+    channel_id: _Optional = UNSET
+    source_id: _Optional = UNSET
+    buyer_id: _Optional = UNSET
+    pingtree_id: _Optional = UNSET
+    call_tracking_pool_id: _Optional = UNSET
+    method: Literal["POST", "FORM"] | UnsetType | None = UNSET
+    tracking_strategy: Literal["direct_sold", "pingback"] | UnsetType | None = UNSET
+    price: float | UnsetType | None = UNSET
+    currency: Annotated[str, Meta(min_length=1, max_length=8)] | UnsetType | None = UNSET
+    data: Annotated[dict[_Text, _Text], Meta(max_length=MAX_DATA_ENTRIES)] | UnsetType = UNSET
+
+
+_TRIGGERS: dict[Platform, frozenset[str]] = {
+    Platform.LMS: frozenset(LMS_TRIGGERS),
+    Platform.CALL_LOGIC: frozenset(CALL_LOGIC_TRIGGERS),
+}
+#: The wire fields, in the model's order (after ``platform``).
+_NAMES: tuple[str, ...] = WireEvent.__struct_fields__
+_ALL_FIELDS = frozenset(("platform", *_NAMES))
+#: The defaults of the optional fields (``data``'s is a new dict per event).
+_DEFAULTS: dict[str, Any] = dict.fromkeys(_NAMES)
+_DEFAULTS["currency"] = "USD"
+_JSON = msgspec.json.Decoder(WireEvent)
+_validate_datetime = TypeAdapter(datetime).validate_python
+_new_event = Event.__new__
+_setattr = object.__setattr__
+_isfinite = math.isfinite
+_PLAIN = (str, float)
+_astuple = msgspec.structs.astuple
+_asdict = msgspec.structs.asdict
+_LMS = Platform.LMS
+
+
+def decode_json(platform: Platform, value: bytes) -> Event | None:
+    """The event of a JSON record value, or None: the reference path decides."""
+    try:
+        wire = _JSON.decode(value)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    return from_wire(platform, wire, exact=True)
+
+
+def from_record(platform: Platform, record: dict[str, Any]) -> Event | None:
+    """The event of a decoded record (Avro, a retry record), or None: the reference path decides."""
+    try:
+        wire = msgspec.convert(record, WireEvent)
+    except (msgspec.ValidationError, RecursionError):
+        return None
+    return from_wire(platform, wire, exact=False)
+
+
+def from_wire(platform: Platform, wire: WireEvent, *, exact: bool) -> Event | None:
+    """The event of checked wire fields, or None. ``exact``: every str is a plain ``str`` (JSON);
+    else str subclasses (records built in Python) are left to the reference path."""
+    if wire.trigger not in _TRIGGERS[platform]:
+        return None
+    if platform is _LMS and wire.call_tracking_pool_id.__class__ is str:
+        return None
+    price = wire.price
+    if price.__class__ is float and not _isfinite(price):
+        return None
+    if not exact and not _plain(wire):
+        return None
+    try:
+        occurred_at = _validate_datetime(wire.occurred_at)
+    except (ValidationError, RecursionError):
+        return None
+    if occurred_at.tzinfo is None:
+        occurred_at = occurred_at.replace(tzinfo=UTC)
+    values: dict[str, Any] = {"platform": platform, **_asdict(wire)}  # every field, the model's order
+    values["occurred_at"] = occurred_at
+    if UNSET in values.values():  # some fields are not on the record: their defaults, and not in the set ones
+        fields_set = {"platform"}
+        for name in _NAMES:
+            if values[name] is UNSET:
+                values[name] = {} if name == "data" else _DEFAULTS[name]
+            else:
+                fields_set.add(name)
+    else:
+        fields_set = set(_ALL_FIELDS)
+    if values["currency"] is None:
+        values["currency"] = "USD"
+    event = _new_event(Event)
+    _setattr(event, "__dict__", values)
+    _setattr(event, "__pydantic_fields_set__", fields_set)
+    _setattr(event, "__pydantic_extra__", None)
+    _setattr(event, "__pydantic_private__", None)
+    return event
+
+
+def _plain(wire: WireEvent) -> bool:
+    """Every text of the record is a plain ``str`` (not a subclass), every number a ``float``."""
+    for value in _astuple(wire)[3:]:
+        if value is None or value is UNSET or value.__class__ in _PLAIN:
+            continue
+        if value.__class__ is not dict:
+            return False
+        for key, text in value.items():
+            if key.__class__ is not str or text.__class__ is not str:
+                return False
+    return wire.event_id.__class__ is str and wire.trigger.__class__ is str
