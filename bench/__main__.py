@@ -241,7 +241,7 @@ def chart_png(report: dict[str, Any]) -> str | None:
                 shares[row], row, f" {_shown(goal['value'])} ({goal['op']} {goal['bound']:,g})", va="center"
             )
         targets.set_xscale("log")
-        targets.set_xlim(min(0.1, *shares) * 0.8, max(10.0, *shares) * 4)
+        targets.set_xlim(min(0.1, *shares) * 0.8, max(10.0, *shares) * 12)
         targets.set_xlabel("share of the target reached (log scale; >= 1: met)")
         targets.set_title("goals")
     else:

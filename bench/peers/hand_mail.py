@@ -16,10 +16,10 @@ One asyncio program (on the same event-loop implementation as ``eventmail run``,
    persistent connections (K workers, each with its own connected ``aiosmtplib.SMTP``, taking the
    next mail as soon as the last one is accepted); a dropped connection is reconnected once and the
    mail sent again;
-4. produce one JSON outcome per mail (``sent`` or ``failed`` with the SMTP error) with ``acks=all``
-   and ``flush()`` until every outcome is acknowledged (a delivery error stops the program before it
-   commits);
-5. commit the batch's offsets synchronously, only after those acknowledgements.
+4. produce one JSON outcome per mail as soon as the SMTP server answered it (``sent`` or ``failed``
+   with the SMTP error) with ``acks=all``, and at the end of the batch ``flush()`` until every
+   outcome is acknowledged (a delivery error stops the program before it commits);
+5. commit the batch's offsets (asynchronously), only after those acknowledgements.
 
 What it guarantees (as eventmail does): a record's offset is committed only once its mail was
 answered by the SMTP server and its outcome is acknowledged by every in-sync replica, so a crash
@@ -48,6 +48,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from email.mime.text import MIMEText
 from email.utils import formatdate, make_msgid
 from typing import Any
@@ -81,10 +82,12 @@ def build(event: dict[str, Any], rule: dict[str, Any]) -> MIMEText:
 
 
 async def send_all(
-    clients: list[aiosmtplib.SMTP], jobs: list[tuple[dict[str, Any], dict[str, Any]]]
+    clients: list[aiosmtplib.SMTP],
+    jobs: list[tuple[dict[str, Any], dict[str, Any]]],
+    write: Callable[[dict[str, Any]], None],
 ) -> list[dict[str, Any]]:
     """Send every job's mail, each client taking the next one once its last one is answered; one
-    outcome per mail."""
+    outcome per mail, written (``write``) as soon as the mail is answered."""
     outcomes: list[dict[str, Any]] = []
     queue = iter(jobs)
 
@@ -101,16 +104,16 @@ async def send_all(
                 status, error = "sent", None
             except aiosmtplib.SMTPException as exc:
                 status, error = "failed", str(exc)
-            outcomes.append(
-                {
-                    "event_id": event["event_id"],
-                    "rule_id": rule["id"],
-                    "status": status,
-                    "error": error,
-                    "message_id": mail["Message-ID"],
-                    "at": time.time(),
-                }
-            )
+            outcome = {
+                "event_id": event["event_id"],
+                "rule_id": rule["id"],
+                "status": status,
+                "error": error,
+                "message_id": mail["Message-ID"],
+                "at": time.time(),
+            }
+            write(outcome)
+            outcomes.append(outcome)
 
     await asyncio.gather(*(worker(client) for client in clients))
     return outcomes
@@ -153,6 +156,15 @@ async def run(args: argparse.Namespace) -> dict[str, int]:
         if err is not None:
             errors.append(err)
 
+    def write(outcome: dict[str, Any]) -> None:
+        producer.produce(
+            args.outcomes,
+            key=outcome["event_id"].encode(),
+            value=json.dumps(outcome).encode(),
+            on_delivery=delivered,
+        )
+        producer.poll(0)
+
     counts = {"mails": 0, "failed": 0, "batches": 0}
     try:
         while not stop.is_set():
@@ -168,18 +180,11 @@ async def run(args: argparse.Namespace) -> dict[str, int]:
                 rule = rules.get(event.get("trigger"), {}).get(event.get("product_id"))
                 if rule is not None:
                     jobs.append((event, rule))
-            outcomes = await send_all(clients, jobs)
-            for outcome in outcomes:
-                producer.produce(
-                    args.outcomes,
-                    key=outcome["event_id"].encode(),
-                    value=json.dumps(outcome).encode(),
-                    on_delivery=delivered,
-                )
+            outcomes = await send_all(clients, jobs, write)
             await loop.run_in_executor(None, producer.flush)
             if errors:
                 raise RuntimeError(f"outcomes not acknowledged, offsets not committed: {errors[0]}")
-            await loop.run_in_executor(None, lambda: consumer.commit(asynchronous=False))
+            consumer.commit(asynchronous=True)
             counts["mails"] += len(outcomes)
             counts["failed"] += sum(1 for outcome in outcomes if outcome["status"] != "sent")
             counts["batches"] += 1
