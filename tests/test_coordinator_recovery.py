@@ -33,18 +33,18 @@ OUTAGE_WATCH_SECONDS = 15.0
 class GroupBlocker:
     """A member of the deployment's group that only speaks the ``range`` assignor, polled in a thread."""
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: Deployment, group: str | None = None, topic: str = "lms") -> None:
         self.consumer = Consumer(
             {
                 "bootstrap.servers": deployment.bootstrap,
-                "group.id": deployment.group_id,
+                "group.id": group or deployment.group_id,
                 "partition.assignment.strategy": "range",
                 "enable.auto.commit": False,
             }
         )
         self.assigned = threading.Event()
         self.stop = threading.Event()
-        self.consumer.subscribe([deployment.topics["lms"]], on_assign=self._on_assign)
+        self.consumer.subscribe([deployment.topics[topic]], on_assign=self._on_assign)
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
 
@@ -159,4 +159,36 @@ def test_a_broker_outage_longer_than_the_bound_keeps_the_replica_alive(
         server.wait_for(1, timeout=60)
         assert service.terminate() == 0
     finally:
+        service.stop()
+
+
+def test_aggregator_out_of_its_group_fails_liveness_until_it_is_let_in(
+    kafka_bootstrap: str, topic_factory: TopicFactory, smtp_server_factory: SMTPServerFactory, tmp_path: Path
+) -> None:
+    """``eventmail aggregate`` has a group consumer of its own: the same state fails its /healthz (a
+    restart rejoins; its state is rebuilt at every start), and it becomes healthy and ready once the
+    group lets it in."""
+    deployment = Deployment.create(kafka_bootstrap, topic_factory)
+    server = smtp_server_factory("plain")
+    deployment.extra_env.update(esp_env(deployment, {"default": server}))
+    apply_rules(deployment, tmp_path, rule_doc("r-1"))
+    blocker = GroupBlocker(deployment, group=f"{deployment.group_id}-aggregate", topic="outcomes")
+    assert blocker.assigned.wait(60), "the blocking member never joined"
+    service = ServiceProcess(
+        "aggregate", deployment.env(EVENTMAIL_KAFKA__GROUP_STUCK_SECONDS=STUCK_SECONDS), tmp_path
+    ).start()
+    left = False
+    try:
+        details = _wait_health(service, 503, timeout=90)
+        assert details["group_stuck"] is True
+        assert details["loop"] is True
+        blocker.leave()
+        left = True
+        details = _wait_health(service, 200, timeout=90)
+        assert details["group_stuck"] is False
+        service.wait_ready(timeout=90)
+        assert service.terminate() == 0
+    finally:
+        if not left:
+            blocker.leave()
         service.stop()

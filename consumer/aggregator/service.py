@@ -17,6 +17,9 @@ read-back) retry transient errors (a leader moving during a rolling restart) wit
 (:mod:`consumer.kafka_retry`); nothing raises out of a callback. While a call is being retried, or a
 partition rebuilds without progress, :meth:`Aggregator.healthy` says so and fails after
 ``stale_after`` seconds, so a stuck replica is restarted instead of hanging silently.
+So does a consumer out of its group for ``EVENTMAIL_KAFKA__GROUP_STUCK_SECONDS`` while the brokers
+answer a fresh client (:mod:`consumer.kafka.group_watch`; out of the group while the brokers are away
+is an outage and stays healthy).
 
 Event time is bounded: an outcome's ``created`` counts as at most :data:`MAX_AHEAD_MS` past the
 record's own timestamp (when it was written), so one record with a wrong clock cannot move a
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -51,6 +55,7 @@ from consumer.aggregator.records import decode_observation
 from consumer.aggregator.state import AlertDecision, PartitionState
 from consumer.aggregator.windows import LARGEST_TIMEFRAME
 from consumer.errors import CodecError
+from consumer.kafka.group_watch import GroupWatch, brokers_answer
 from consumer.kafka_retry import BrokerCalls, RetryStopped
 from consumer.observability.metrics import (
     AGGREGATOR_LAG_SECONDS,
@@ -134,10 +139,15 @@ class Aggregator:
                     "enable.partition.eof": True,
                     "session.timeout.ms": 10000,
                     "heartbeat.interval.ms": 1000,
+                    "statistics.interval.ms": 5000,
                     "error_cb": self._on_error,
+                    "stats_cb": self._on_stats,
                 }
             )
         )
+        #: Out of the group this long while the brokers answer fails /healthz (a restart rejoins).
+        self.group = GroupWatch(settings.kafka.group_stuck_seconds)
+        self._next_probe = 0.0
         self.producer = Producer(
             settings.kafka_config(**{"enable.idempotence": True, "acks": "all", "linger.ms": 5})
         )
@@ -190,7 +200,9 @@ class Aggregator:
         )
         if stalled:
             details["rebuild_stalled"] = stalled
-        return loop_ok and not stuck and not stalled and self.fatal is None, details
+        details.update(self.group.details())
+        out_of_group = self.group.stuck()
+        return loop_ok and not stuck and not stalled and not out_of_group and self.fatal is None, details
 
     # --- librdkafka callbacks (inside consume, on the worker thread) ---------------------------------------
     def _on_error(self, error: KafkaError) -> None:
@@ -200,9 +212,31 @@ class Aggregator:
         else:
             log.warning("kafka error", extra={"kafka_error": error.str()})
 
+    def _on_stats(self, raw: str) -> None:
+        try:
+            self.group.on_stats(json.loads(raw))
+        except ValueError:
+            return
+
+    def _watch_group(self) -> None:
+        """Out of the group for its bound: do the brokers answer a fresh client? (then: stuck)"""
+        now = time.monotonic()
+        if not self.group.overdue() or now < self._next_probe:
+            return
+        self._next_probe = now + max(self.group.stuck_after, 5.0)
+        self.group.reachable = brokers_answer(
+            self.settings.kafka_config(**{"group.id": aggregator_group(self.settings)})
+        )
+        if self.group.reachable:
+            log.error(
+                "not a member of the consumer group while the brokers answer: not healthy",
+                extra={"out_of_group_seconds": round(self.group.out_for()), "group": self.group.state},
+            )
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Never raises (an exception here would be lost inside librdkafka and leave the replica
         unready for good): transient broker errors are retried, anything else is fatal and said."""
+        self.group.joined()
         starts: list[TopicPartition] = []
         stopped = False
         try:
@@ -344,10 +378,13 @@ class Aggregator:
             self.consumer.subscribe(
                 [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
+            self.group.out_since = time.monotonic()
             while not stop.is_set() and self.fatal is None:
                 self.last_loop = time.monotonic()
                 batch = await asyncio.to_thread(self.consumer.consume, 1000, 0.2)
                 self.process(batch)
+                if self.group.overdue():
+                    await asyncio.to_thread(self._watch_group)
                 now = time.monotonic()
                 if now - last_gauges >= 1.0:
                     self.update_gauges()
