@@ -27,11 +27,11 @@ loses no mail and no outcome.
 
 What it does not guarantee or do (eventmail does): no de-duplication, so a crash between the SMTP
 reply and the commit sends the batch's mails again (eventmail skips those already in its outcomes);
-no retry of a temporary failure (451) later, no DLQ, no validation of the event, no templates (plain
-``str.format``), no rule topic, scopes or filters, no TLS or authentication, no rate limits, no
-handling of rebalances beyond librdkafka's defaults, no metrics or health endpoint, no drain on
-shutdown beyond the current batch. A batch is a barrier: the next batch is read only once the last
-one is committed.
+no retry of a temporary failure (451) later, no DLQ (a record that is not JSON stops the program),
+no validation of the event, no templates (plain ``str.format``), no rule topic, scopes or filters,
+no TLS or authentication, no rate limits, no handling of rebalances beyond librdkafka's defaults, no
+metrics or health endpoint, no drain on shutdown beyond the current batch. A batch is a barrier: the
+next batch is read only once the last one's outcomes are all acknowledged and its commit is sent.
 
     python -m bench.peers.hand_mail --bootstrap HOST:PORT --topic T --outcomes T2 --group G \
         --smtp-port 2525 --connections 8 --trigger lead_sold --product p-fast
