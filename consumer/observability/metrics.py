@@ -68,6 +68,11 @@ SMTP_CIRCUIT_OPEN = Gauge(
     "eventmail_smtp_circuit_open", "1 while the circuit of a connection is open.", ["connection"]
 )
 KAFKA_ERRORS = Counter("eventmail_kafka_errors_total", "Errors reported by librdkafka.", ["code"])
+KAFKA_PRODUCERS_RECREATED = Counter(
+    "eventmail_kafka_producers_recreated_total",
+    "Producers replaced after a fatal librdkafka error (unacknowledged records are written again).",
+    ["producer"],
+)
 READY = Gauge("eventmail_ready", "1 when the service reports ready.", ["service"])
 
 # --- aggregator (eventmail aggregate) -------------------------------------------------------------------

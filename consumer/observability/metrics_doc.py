@@ -61,6 +61,8 @@ LABELS: dict[str, str] = {
     "partition": "a partition number of that topic",
     "code": "librdkafka's error name, e.g. `_TRANSPORT`, `_ALL_BROKERS_DOWN`, `_AUTHENTICATION`",
     "service": "`run` or `aggregate`",
+    "producer": "`outcomes` (the outcome and dead-letter producer) or `handoff` (the retry hand-off's "
+    "transactional producer)",
     "kind": "`fired` or `resolved`",
 }
 
@@ -72,16 +74,17 @@ CARDINALITY = [
     "10,000 distinct events through 100 rules serve exactly the series the first 1,000 did",
     "(tests/test_prometheus_metrics.py). `eventmail run` serves at most",
     "",
-    "    78 + 84 + 2 * 20 + 4 + C * (21 + 4 * R) + P + 2 * K",
+    "    78 + 84 + 2 * 20 + 4 + C * (21 + 4 * R) + P + 2 * K + 2 * F",
     "",
     "series: 84 for the 21 (platform, trigger) pairs (events consumed, rules matched), 20 per platform",
     "(decode failures, the end-to-end latency histogram), 2 per event topic (dead letters), per",
     "connection `C` 21 (mails sent, the send-duration histogram, the circuit) and 4 per failure reason",
     "`R` (mails failed, retried), one lag gauge per assigned partition `P`, 2 per librdkafka error",
-    "code `K`, and 78 fixed ones (outcome statuses, unlabelled metrics, the process and Python",
-    "collectors). A counter counts twice (`_total`, `_created`), a histogram 19 times. `C` is the",
-    "ESP connections plus the distinct servers of rules, at most 64 of those (then `manual-other`);",
-    "`R` at most the dozen reasons under [Labels](#labels). With 4 connections, 4 reasons and 6",
+    "code `K`, 2 per producer `F` replaced after a fatal error (at most 2), and 78 fixed ones",
+    "(outcome statuses, unlabelled metrics, the process and Python collectors). A counter counts",
+    "twice (`_total`, `_created`), a histogram 19 times. `C` is the ESP connections plus the distinct",
+    "servers of rules, at most 64 of those (then `manual-other`); `R` at most the dozen reasons under",
+    "[Labels](#labels). With 4 connections, 4 reasons and 6",
     "partitions that is under 400 series.",
     "",
 ]

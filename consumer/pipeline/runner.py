@@ -44,7 +44,9 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
         loop.call_soon_threadsafe(stop.set)
 
     producer = AsyncProducer(settings.kafka_config(), name="outcomes")
-    handoff = _HandoffAfterGate(settings.kafka_config(), settings.group_id)
+    handoff = _HandoffAfterGate(
+        settings.kafka_config(), settings.group_id, settings.pipeline.handoff_transaction_timeout_ms
+    )
     deliverer = MailDeliverer(settings)
     store = RuleStore(settings, on_error=lambda *args: _config_error(loop, processor, *args))
     processor = RecordProcessor(
@@ -134,12 +136,13 @@ class _HandoffAfterGate(RetryHandoff):
     transactional id at once, and a claim refused for a missing ACL leaves a librdkafka producer
     fatally broken for good (the service would run on and fail its first retry, or its stop)."""
 
-    def __init__(self, config: dict[str, Any], group_id: str) -> None:
-        self._args = (config, group_id)
+    def __init__(self, config: dict[str, Any], group_id: str, transaction_timeout_ms: int) -> None:
+        self._args = (config, group_id, transaction_timeout_ms)
         self._started = False
 
     def start(self) -> None:
-        RetryHandoff.__init__(self, *self._args)
+        config, group_id, timeout_ms = self._args
+        RetryHandoff.__init__(self, config, group_id, transaction_timeout_ms=timeout_ms)
         self._started = True
 
     def close(self) -> None:
