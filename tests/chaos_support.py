@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import signal
@@ -268,6 +269,17 @@ class SinkProcess:
                 ids.append(json.loads(line)["message_id"] or "")
         return ids
 
+    def arrivals(self) -> list[tuple[str, float]]:
+        """(Message-ID, time.time() when the sink took it) of every message, in order."""
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                out.append((record["message_id"] or "", float(record["ts"])))
+        return out
+
     def wait_distinct(self, expected: int, timeout: float) -> None:
         wait_until(
             lambda: len(set(self.message_ids())) >= expected,
@@ -295,11 +307,89 @@ def alive(service: ServiceProcess) -> subprocess.Popen[bytes]:
     return process
 
 
+def handles_signals(service: ServiceProcess, timeout: float = 60.0) -> None:
+    """Wait until the service answers HTTP: its SIGTERM handler is installed before its HTTP server
+    starts, so a SIGTERM from now on is a clean stop (before it, a process still importing on a busy
+    machine dies of the signal: exit -15)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive(service)
+        try:
+            service.get("/healthz")
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{service.name} did not answer HTTP within {timeout}s") from None
+            time.sleep(0.05)
+
+
 @dataclass
 class Kill:
+    #: time.time() just before the signal, and once the process was gone.
     at: float
     replica: str
     received_before: int
+    dead_at: float = 0.0
+
+
+@dataclass
+class KillWindows:
+    """The copies at the SMTP server explained by kills, counted, not assumed (docs/delivery.md,
+    "Crash before the outcome"): a delivery of a mail that is followed by another delivery of it must
+    have no ``sent`` outcome created between the two (the first one's outcome never reached Kafka),
+    and a kill must fall between them (the process died after the server took the mail and before
+    the next delivery). ``orphaned[k]``: the mails kill ``k`` caught that way (each delivery counted
+    for the first kill after it); ``unexplained``: copies without such a kill, or after a sent outcome."""
+
+    orphaned: list[set[str]]
+    unexplained: dict[str, int]
+
+    @property
+    def per_kill(self) -> list[int]:
+        return [len(mails) for mails in self.orphaned]
+
+    def check(self, held: int) -> None:
+        """No copy without a kill before it, and no kill catching more mails than the records a replica
+        holds between fetching them and their outcomes' acknowledgement (``held``)."""
+        assert not self.unexplained, (
+            f"{len(self.unexplained)} mails sent again without a kill between, or after their sent "
+            f"outcome: {dict(list(self.unexplained.items())[:5])}"
+        )
+        assert all(n <= held for n in self.per_kill), f"mails caught per kill {self.per_kill} > {held}"
+
+
+def kill_windows(
+    kills: Sequence[Kill], arrivals: Iterable[tuple[str, float]], outcomes: Iterable[Outcome]
+) -> KillWindows:
+    """:class:`KillWindows` from the kills, the server's (Message-ID, time taken) of every delivery and
+    the outcomes (``created`` is set by the consumer when the server has answered)."""
+    delivered: dict[str, list[float]] = {}
+    for message_id, at in arrivals:
+        delivered.setdefault(message_id, []).append(at)
+    sent: dict[str, list[float]] = {}
+    for outcome in outcomes:
+        if outcome.status is OutcomeStatus.SENT and outcome.message_id:
+            sent.setdefault(outcome.message_id, []).append(outcome.created.timestamp())
+    orphaned: list[set[str]] = [set() for _ in kills]
+    unexplained: Counter[str] = Counter()
+    for message_id, times in delivered.items():
+        times.sort()
+        outcome_times = sent.get(message_id, [])
+        for first, again in itertools.pairwise(times):
+            confirmed = any(first <= created < again for created in outcome_times)
+            caught = next(
+                (
+                    i
+                    for i, kill in enumerate(kills)
+                    if (kill.dead_at or kill.at) >= first and kill.at <= again
+                ),
+                None,
+            )
+            if confirmed or caught is None:
+                unexplained[message_id] += 1
+            else:
+                orphaned[caught].add(message_id)
+    return KillWindows(orphaned, dict(unexplained))
 
 
 class Replicas:
@@ -322,14 +412,16 @@ class Replicas:
 
     def kill(self, name: str, received: int) -> None:
         process = alive(self.procs[name])
+        kill = Kill(time.time(), name, received)
         process.send_signal(signal.SIGKILL)
-        self.kills.append(Kill(time.time(), name, received))
         process.wait(10)
+        kill.dead_at = time.time()
+        self.kills.append(kill)
 
     def terminate(self, name: str) -> None:
         """SIGTERM (a clean leave: drain, commit, leave the group); the exit code must be 0."""
         proc = self.procs.pop(name)
-        alive(proc)
+        handles_signals(proc)
         code = proc.terminate()
         assert code == 0, f"{proc.name} exited with {code}:\n{proc.tail()}"
 
@@ -342,6 +434,7 @@ class Replicas:
 
     def terminate_all(self) -> None:
         for proc in self.procs.values():
+            handles_signals(proc)
             code = proc.terminate()
             assert code == 0, f"{proc.name} exited with {code}:\n{proc.tail()}"
 
