@@ -99,8 +99,11 @@ class EventDecoder:
             raise CodecError("empty record (null value)")
         if len(value) > MAX_RECORD_BYTES:
             raise CodecError(f"record of {len(value)} bytes exceeds {MAX_RECORD_BYTES}")
-        content_type = _content_type(headers)
-        if content_type is not None and "json" in content_type.lower():
+        if headers:
+            content_type = _content_type(headers)
+            if content_type is not None and "json" in content_type.lower():
+                return self._json(platform, value)
+        if value[:1] == b"{":  # the usual JSON record (a Confluent wire record starts with byte 0)
             return self._json(platform, value)
         if is_confluent_wire(value):
             return self._from_wire(platform, value, fetch, writer)

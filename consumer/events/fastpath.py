@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from itertools import compress
+from operator import is_
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -25,9 +27,12 @@ _Text = Annotated[str, Meta(max_length=MAX_FIELD_CHARS)]
 _Optional = _Text | UnsetType | None
 
 
-class WireEvent(Struct, forbid_unknown_fields=True):
-    """The wire fields of an event, as the reference model constrains them (UNSET: absent)."""
+class WireEvent(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The wire fields of an event, as the reference model constrains them (UNSET: absent).
+    ``platform`` is not a wire field (a record with one is left to the reference path): it is here so
+    that :func:`msgspec.structs.asdict` gives the fields in the model's order."""
 
+    platform: Any = UNSET
     event_id: Annotated[str, Meta(min_length=1, max_length=min(256, MAX_FIELD_CHARS))]
     trigger: Annotated[str, Meta(min_length=1, max_length=64)]
     occurred_at: Any  # pydantic's datetime validator decides (ISO strings, timestamps, datetimes)
@@ -51,14 +56,15 @@ _TRIGGERS: dict[Platform, frozenset[str]] = {
     Platform.LMS: frozenset(LMS_TRIGGERS),
     Platform.CALL_LOGIC: frozenset(CALL_LOGIC_TRIGGERS),
 }
-#: The wire fields, in the model's order (after ``platform``).
-_NAMES: tuple[str, ...] = WireEvent.__struct_fields__
-_ALL_FIELDS = frozenset(("platform", *_NAMES))
+#: The fields, in the model's order.
+_KEYS: tuple[str, ...] = WireEvent.__struct_fields__
+_ALL_FIELDS = frozenset(_KEYS)
+_UNSET_ROW = (UNSET,) * len(_KEYS)
 #: The defaults of the optional fields (``data``'s is a new dict per event).
-_DEFAULTS: dict[str, Any] = dict.fromkeys(_NAMES)
+_DEFAULTS: dict[str, Any] = dict.fromkeys(_KEYS)
 _DEFAULTS["currency"] = "USD"
 _JSON = msgspec.json.Decoder(WireEvent)
-_validate_datetime = TypeAdapter(datetime).validate_python
+_validate_datetime = TypeAdapter(datetime).validator.validate_python
 _new_event = Event.__new__
 _setattr = object.__setattr__
 _isfinite = math.isfinite
@@ -89,7 +95,7 @@ def from_record(platform: Platform, record: dict[str, Any]) -> Event | None:
 def from_wire(platform: Platform, wire: WireEvent, *, exact: bool) -> Event | None:
     """The event of checked wire fields, or None. ``exact``: every str is a plain ``str`` (JSON);
     else str subclasses (records built in Python) are left to the reference path."""
-    if wire.trigger not in _TRIGGERS[platform]:
+    if wire.trigger not in _TRIGGERS[platform] or wire.platform is not UNSET:
         return None
     if platform is _LMS and wire.call_tracking_pool_id.__class__ is str:
         return None
@@ -104,17 +110,15 @@ def from_wire(platform: Platform, wire: WireEvent, *, exact: bool) -> Event | No
         return None
     if occurred_at.tzinfo is None:
         occurred_at = occurred_at.replace(tzinfo=UTC)
-    values: dict[str, Any] = {"platform": platform, **_asdict(wire)}  # every field, the model's order
+    values: dict[str, Any] = _asdict(wire)  # every field, in the model's order
+    values["platform"] = platform
     values["occurred_at"] = occurred_at
-    if UNSET in values.values():  # some fields are not on the record: their defaults, and not in the set ones
-        fields_set = {"platform"}
-        for name in _NAMES:
-            if values[name] is UNSET:
-                values[name] = {} if name == "data" else _DEFAULTS[name]
-            else:
-                fields_set.add(name)
-    else:
-        fields_set = set(_ALL_FIELDS)
+    fields_set = set(_ALL_FIELDS)
+    absent = tuple(compress(_KEYS, map(is_, values.values(), _UNSET_ROW)))  # not on the record
+    if absent:
+        fields_set.difference_update(absent)
+        for name in absent:
+            values[name] = {} if name == "data" else _DEFAULTS[name]
     if values["currency"] is None:
         values["currency"] = "USD"
     event = _new_event(Event)
@@ -127,7 +131,7 @@ def from_wire(platform: Platform, wire: WireEvent, *, exact: bool) -> Event | No
 
 def _plain(wire: WireEvent) -> bool:
     """Every text of the record is a plain ``str`` (not a subclass), every number a ``float``."""
-    for value in _astuple(wire)[3:]:
+    for value in _astuple(wire)[4:]:
         if value is None or value is UNSET or value.__class__ in _PLAIN:
             continue
         if value.__class__ is not dict:
