@@ -274,6 +274,7 @@ def allow_special_use_domains(names: Iterable[str]) -> None:
     allowed = {name.lower() for name in names}
     email_validator.SPECIAL_USE_DOMAIN_NAMES[:] = [d for d in SPECIAL_USE_DOMAINS if d not in allowed]
     _validated.cache_clear()
+    _addressing_cached.cache_clear()
 
 
 def _many(field: str, addresses: Iterable[Address]) -> list[_Checked]:
@@ -289,6 +290,100 @@ def _dedupe(addresses: Iterable[str]) -> tuple[str, ...]:
             seen.add(key)
             out.append(address)
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class _Addressing:
+    """Everything of a message that depends on its addresses alone: a rule's are the same for every
+    mail, so this is made once per (sender, to, cc, bcc) and kept (:func:`_addressing_of`)."""
+
+    from_: _Checked
+    to: tuple[_Checked, ...]
+    cc: tuple[_Checked, ...]
+    bcc: tuple[_Checked, ...]
+    policy: _ReusingPolicy
+    headers: tuple[tuple[str, BaseHeader], ...]
+    recipients: tuple[str, ...]
+    #: The sender's domain as the Message-ID's right part (:func:`sender_domain`).
+    domain: str
+    #: (field, problem) of a display name the headers read as unsafe: raised once the Message-ID is
+    #: made, where building a message checked them.
+    name_error: tuple[str, str] | None = None
+
+
+AddressKey = tuple[Any, Any]
+
+
+def _key(address: Address) -> AddressKey:
+    return (address.email, address.name)
+
+
+def _addressing_of(
+    sender: Address, to: Sequence[Address], cc: Sequence[Address], bcc: Sequence[Address]
+) -> _Addressing:
+    """:func:`_addressing` of these addresses, kept per (email, name) of each (the only parts of an
+    address a message reads); addresses whose parts cannot be a cache key are checked every time."""
+    key = (_key(sender), tuple(map(_key, to)), tuple(map(_key, cc)), tuple(map(_key, bcc)))
+    try:
+        hash(key)
+    except TypeError:
+        return _addressing(*key)
+    return _addressing_cached(*key)
+
+
+def _addressing(
+    sender: AddressKey,
+    to: tuple[AddressKey, ...],
+    cc: tuple[AddressKey, ...],
+    bcc: tuple[AddressKey, ...],
+) -> _Addressing:
+    """The checked addresses, their headers and the envelope; raises :class:`MessageError` naming
+    the first field at fault (sender, to, cc, bcc, then the display names as the headers read)."""
+    from_ = _address("sender", MailAddress(*sender))
+    to_list, cc_list, bcc_list = (
+        tuple(_many(field, (MailAddress(*pair) for pair in pairs)))
+        for field, pairs in (("to", to), ("cc", cc), ("bcc", bcc))
+    )
+    everyone = [from_, *to_list, *cc_list, *bcc_list]
+    utf8 = not all(c.envelope.isascii() for c in everyone)
+    policy = POLICY_UTF8 if utf8 else POLICY
+    addresses = [("From", (from_.parts,)), ("To", tuple(c.parts for c in to_list))]
+    if cc_list:
+        addresses.append(("Cc", tuple(c.parts for c in cc_list)))
+    headers = tuple((name, _address_header(policy, name, parts)) for name, parts in addresses)
+    name_error: tuple[str, str] | None = None
+    try:
+        for name, header in headers:
+            for i, parsed_address in enumerate(getattr(header, "addresses", ())):
+                where = "sender" if name == "From" else f"{name.lower()}[{i}]"
+                _check_text(f"{where}.name", parsed_address.display_name, MAX_NAME_CHARS * 4)
+    except MessageError as exc:
+        name_error = (exc.field, str(exc).removeprefix(f"{exc.field}: "))
+    return _Addressing(
+        from_=from_,
+        to=to_list,
+        cc=cc_list,
+        bcc=bcc_list,
+        policy=policy,
+        headers=headers,
+        recipients=_dedupe(c.envelope for c in everyone[1:]),
+        domain=sender_domain(from_.envelope),
+        name_error=name_error,
+    )
+
+
+_addressing_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(_addressing)
+
+
+def _date_text(when: datetime) -> str:
+    """``format_datetime(when)``, made once per second (it writes whole seconds and the offset)."""
+    return _date_of_second(when.replace(microsecond=0), when.utcoffset())
+
+
+@functools.lru_cache(maxsize=64)
+def _date_of_second(when: datetime, offset: object) -> str:
+    # ``offset`` is in the key: aware times of one instant in two zones are equal, yet read differently
+    return format_datetime(when)
 
 
 def build_message(
@@ -311,23 +406,15 @@ def build_message(
     subject = _check_text("subject", rendered.subject, MAX_SUBJECT_CHARS)
     _check_text("event_id", event_id, 256)
     _check_text("rule_id", rule_id, 256)
-    from_ = _address("sender", sender)
-    to_list, cc_list, bcc_list = _many("to", to), _many("cc", cc), _many("bcc", bcc)
-    everyone = [from_, *to_list, *cc_list, *bcc_list]
-    utf8 = not all(c.envelope.isascii() for c in everyone)
-    message_id = message_id_for(event_id, rule_id, message_id_domain or sender_domain(from_.envelope))
-
-    policy = POLICY_UTF8 if utf8 else POLICY
-    addresses = [("From", (from_.parts,)), ("To", tuple(c.parts for c in to_list))]
-    if cc_list:
-        addresses.append(("Cc", tuple(c.parts for c in cc_list)))
-    headers = [(name, _address_header(policy, name, parts)) for name, parts in addresses]
-    for name, header in headers:
-        for i, parsed_address in enumerate(getattr(header, "addresses", ())):
-            where = "sender" if name == "From" else f"{name.lower()}[{i}]"
-            _check_text(f"{where}.name", parsed_address.display_name, MAX_NAME_CHARS * 4)
-    date_text = format_datetime(date or datetime.now(UTC))
-    recipients = _dedupe(c.envelope for c in [*to_list, *cc_list, *bcc_list])
+    addressing = _addressing_of(sender, to, cc, bcc)
+    from_, to_list, cc_list, bcc_list = addressing.from_, addressing.to, addressing.cc, addressing.bcc
+    message_id = message_id_for(event_id, rule_id, message_id_domain or addressing.domain)
+    if addressing.name_error is not None:
+        raise MessageError(*addressing.name_error)
+    policy = addressing.policy
+    headers = addressing.headers
+    date_text = _date_text(date or datetime.now(UTC))
+    recipients = addressing.recipients
 
     def built(data: bytes, shown_subject: str) -> BuiltMessage:
         return BuiltMessage(
@@ -386,7 +473,7 @@ _MIME = {
 
 
 def _plain_message(
-    headers: list[tuple[str, BaseHeader]],
+    headers: Sequence[tuple[str, BaseHeader]],
     subject: str,
     date_text: str,
     message_id: str,
