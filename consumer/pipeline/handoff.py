@@ -14,7 +14,8 @@ transaction open (``EVENTMAIL_PIPELINE__HANDOFF_TRANSACTION_TIMEOUT_SECONDS``, 1
 A hand-off is never given up on while the service runs (a broker outage of any length is waited
 out; the deliveries behind it wait for their mail slots meanwhile). librdkafka caps the messages
 of a transaction at that timeout, so an outage longer than it fails the transaction; what follows
-depends on the error (docs/reliability.md, "Broker outages"):
+depends on the error (docs/reliability.md, "A broker outage longer than the hand-off's transaction
+timeout"):
 
 - *retriable* (a call timed out; the commit or abort goes on in the background): the same call is
   made again;
@@ -28,6 +29,11 @@ depends on the error (docs/reliability.md, "Broker outages"):
   the failed transaction had been acknowledged could it have been committed: then the retry record
   is looked up with a ``read_committed`` reader, and the hand-off is written again only if it is
   not there. So a hand-off is written once, visibly, whatever failed.
+
+Before each attempt the pipeline is asked whether the record is still its own (``abandoned``): a
+hand-off whose partition was lost or revoked while it waited for the broker is given up
+(HandoffAbandonedError; nothing of it is visible) instead of written while the partition's next
+owner does the record again, which would send its mail twice.
 
 Serialisation is by a thread lock around the transaction itself, not only by the caller's asyncio
 lock: a hand-off cancelled while its thread still commits must not let the next one begin (librdkafka
@@ -43,7 +49,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -70,6 +76,11 @@ class HandoffClosedError(RuntimeError):
     """The hand-off was closed before its transaction was committed."""
 
 
+class HandoffAbandonedError(RuntimeError):
+    """The hand-off's record stopped being this process's (its partition was lost or revoked) before
+    the hand-off was written: nothing of it is visible, and the partition's next owner does the record."""
+
+
 def transactional_id(group_id: str) -> str:
     """The hand-off producer's ``transactional.id``: stable across restarts of the same process slot."""
     host = os.environ.get("HOSTNAME") or socket.gethostname() or "localhost"
@@ -91,6 +102,11 @@ def _name(error: KafkaError | None) -> str:
 
 
 class RetryHandoff:
+    #: Asked (in the hand-off's thread, in the context of the caller) before each attempt: True when
+    #: the record is no longer this process's, so the hand-off is given up (HandoffAbandonedError)
+    #: rather than written while the partition's next owner does the record again.
+    abandoned: Callable[[], bool] | None = None
+
     def __init__(
         self,
         config: dict[str, Any],
@@ -136,6 +152,13 @@ class RetryHandoff:
             while True:
                 self._check_open()
                 self._initialise()
+                if self.abandoned is not None and self.abandoned():
+                    # only ever between attempts, when the last one is known not to be committed
+                    log.info(
+                        "hand-off given up: its partition is no longer ours",
+                        extra={"failed_attempts": failures},
+                    )
+                    raise HandoffAbandonedError("the record's partition is no longer this process's")
                 try:
                     self._attempt(records, outcome_headers)
                 except _AttemptFailed as failed:

@@ -27,6 +27,7 @@ from consumer.errors import CodecError
 from consumer.kafka_retry import BrokerCalls
 from consumer.observability.metrics import READY
 from consumer.pipeline.dedup import ReadbackMemory, read_delivered
+from consumer.pipeline.handoff import HandoffAbandonedError
 from consumer.pipeline.offsets import TopicPartitionKey, position
 from consumer.pipeline.partitions import Partition, PartitionTable
 from consumer.pipeline.records import RecordProcessor
@@ -98,6 +99,8 @@ class Pipeline:
         self.readback = ReadbackMemory()
         # The processor's deliveries take these slots: the pipeline sees which tasks are sending.
         processor.mail_slots = SendSlots(settings.pipeline.max_in_flight, self._sending)
+        # A hand-off waiting for the broker is given up once its partition is no longer ours.
+        processor.handoff.abandoned = self._work_lost
 
     # --- SourceHandler (source thread) -----------------------------------------------------------------
     def on_records(self, records: list[Message]) -> None:
@@ -284,6 +287,14 @@ class Pipeline:
             self._sending(work)
         await self.processor.process_retry(msg)
 
+    def _work_lost(self) -> bool:
+        """Whether the record the calling task works on belongs to a partition no longer ours."""
+        work = _WORK.get()
+        if work is None:
+            return False
+        with self._lock:
+            return not self._parts.owns(work.part)
+
     def _sending(self, work: _Work) -> None:
         with self._lock:
             if work.task is not None:
@@ -313,6 +324,8 @@ class Pipeline:
             if error is None:
                 part.offsets.done(offset)
                 return
+            if isinstance(error, HandoffAbandonedError):
+                return  # its partition went before the hand-off was written: the next owner does it
         self._failed(part.key, offset, error)
 
     def _failed(self, tp: TopicPartitionKey, offset: int, error: BaseException) -> None:
