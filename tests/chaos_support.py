@@ -16,6 +16,8 @@ import json
 import random
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -400,6 +402,8 @@ class Replicas:
         self.log_dir = log_dir
         self.starts: Counter[str] = Counter()
         self.procs: dict[str, ServiceProcess] = {}
+        #: Every process started, in order (also those stopped since).
+        self.started: list[ServiceProcess] = []
         self.kills: list[Kill] = []
         for name in names:
             self.start(name)
@@ -408,6 +412,7 @@ class Replicas:
         self.starts[name] += 1
         proc = ServiceProcess("run", self.env, self.log_dir, name=f"{name}{self.starts[name]}").start()
         self.procs[name] = proc
+        self.started.append(proc)
         return proc
 
     def kill(self, name: str, received: int) -> None:
@@ -483,6 +488,98 @@ def group_lag(bootstrap: str, group_id: str, topics: Iterable[str]) -> dict[str,
         return lag
     finally:
         reader.close()
+
+
+# --- a hanging transaction ----------------------------------------------------------------------------
+HANGING_TRANSACTION = """
+import os, signal, sys
+from confluent_kafka import Producer
+from consumer.outcomes.codec import encode_outcome
+from consumer.outcomes.model import Outcome, OutcomeStatus, SourcePosition
+from consumer.pipeline.handoff import TRANSACTION_TIMEOUT_MS
+from consumer.pipeline.outcome_writer import source_header
+bootstrap, topic, tx_id, rule, *sources = sys.argv[1:]
+producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": tx_id, "linger.ms": 0,
+                     "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS})
+producer.init_transactions(30)
+producer.begin_transaction()
+for partition, source in enumerate(sources):
+    source_topic, source_partition, offset = source.rsplit(":", 2)
+    origin = SourcePosition(topic=source_topic, partition=int(source_partition), offset=int(offset))
+    outcome = Outcome(rule_id=rule, status=OutcomeStatus.SENT, source=origin)
+    producer.produce(topic, key=rule.encode(), value=encode_outcome(outcome), partition=partition,
+                     headers=source_header(origin))
+producer.flush(30)
+print("open", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def open_hanging_transaction(
+    bootstrap: str, outcomes_topic: str, group_id: str, rule: str, sources: Sequence[tuple[str, int, int]]
+) -> float:
+    """What a replica killed with its retry hand-off's transaction open leaves: a process with a
+    transactional id of the group's hand-off prefix (``<group>.retry.``, another host: no replica
+    fences it) begins a transaction, writes a ``sent`` outcome of ``sources[i]`` (records not mailed
+    yet) to outcome partition ``i`` and is killed with ``kill -9``. ``read_committed`` readers of those
+    partitions see nothing past it until the broker aborts it (``transaction.timeout.ms``, 15 s, and
+    the broker's next check for timed-out transactions); then its outcomes are gone (aborted). Returns
+    time.time() once the transaction is open."""
+    tx_id = f"{group_id}.retry.{unique_name('killed-host')}.1"
+    arguments = [bootstrap, outcomes_topic, tx_id, rule, *(f"{t}:{p}:{o}" for t, p, o in sources)]
+    killed = subprocess.run(
+        [sys.executable, "-c", HANGING_TRANSACTION, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert killed.stdout.strip() == "open", killed.stderr
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return time.time()
+
+
+def last_records(bootstrap: str, topics: Iterable[str]) -> list[tuple[str, int, int]]:
+    """(topic, partition, offset) of the last record of every non-empty partition of ``topics``."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("ends")})
+    try:
+        out = []
+        for topic in topics:
+            for partition in sorted(reader.list_topics(topic, timeout=10).topics[topic].partitions):
+                low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                if high > low:
+                    out.append((topic, partition, high - 1))
+        return out
+    finally:
+        reader.close()
+
+
+class HealthWatch:
+    """Polls ``/healthz`` of the running replicas every 0.2 s in a thread: the answers other than 200
+    (a process still starting, which does not answer yet, is left out)."""
+
+    def __init__(self, replicas: Replicas) -> None:
+        self.replicas = replicas
+        self.failures: list[tuple[str, int, str]] = []
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for proc in list(self.replicas.procs.values()):
+                try:
+                    code, body = proc.get("/healthz")
+                except OSError:
+                    continue
+                self.polls += 1
+                if code != 200:
+                    self.failures.append((proc.name, code, body[:300]))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 # --- producing -----------------------------------------------------------------------------------------

@@ -29,14 +29,14 @@ from consumer.outcomes.codec import encode_outcome
 from consumer.outcomes.model import Outcome, OutcomeStatus, SourcePosition
 from consumer.pipeline.dedup import read_delivered
 from consumer.pipeline.deliver import MailDeliverer
-from consumer.pipeline.handoff import RetryHandoff
+from consumer.pipeline.handoff import TRANSACTION_TIMEOUT_MS, RetryHandoff
 from consumer.pipeline.outcome_writer import source_header
 from consumer.pipeline.producer import AsyncProducer
 from consumer.pipeline.records import RecordProcessor
 from consumer.pipeline.service import Pipeline
 from consumer.rules.matching import RuleIndex
 from consumer.settings import Settings
-from tests.chaos_support import read_topic
+from tests.chaos_support import open_hanging_transaction, read_topic
 from tests.support.kafka import TopicFactory
 from tests.support.service import Deployment
 
@@ -148,6 +148,25 @@ def test_a_transaction_left_open_by_a_killed_process_is_fenced_by_its_successor(
         assert 1 not in found  # the killed process's outcome was aborted, never committed
     finally:
         successor.close()
+
+
+def test_a_read_back_waits_for_a_transaction_nobody_fences_and_reads_what_lies_behind_it(
+    kafka_bootstrap: str, topic_factory: TopicFactory
+) -> None:
+    """A hand-off transaction left open by a process that never comes back under its id (another
+    host) hides the outcomes written after it from ``read_committed`` readers until the broker aborts
+    it. The read-back reads to the end the partition had when it began (its high watermark, not the
+    end a ``read_committed`` reader is shown, which stops at the open transaction), so it waits for the
+    abort and then has the outcomes behind it (before, it ended at once without them: each of those
+    mails was sent again by a new owner)."""
+    topic = topic_factory("outcomes-hung", 1)
+    opened = open_hanging_transaction(kafka_bootstrap, topic, "g-hung", "r-open", [(SOURCE, 0, 1)])
+    _write(kafka_bootstrap, topic, [_outcome("r-later", 0, n) for n in range(2, 12)])  # behind the open one
+    found = read_delivered({"bootstrap.servers": kafka_bootstrap}, topic, {(SOURCE, 0): 0}, 600, timeout=90)
+    waited = time.time() - opened
+    assert sorted(found.get((SOURCE, 0), {})) == list(range(2, 12)), f"after {waited:.1f}s"
+    assert waited >= TRANSACTION_TIMEOUT_MS / 1000 - 1  # it did wait for the abort
+    print(f"read-back behind a transaction nobody fences: {waited:.1f}s")
 
 
 def test_a_cancelled_hand_off_does_not_let_the_next_one_begin_meanwhile(

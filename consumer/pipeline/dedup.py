@@ -119,8 +119,10 @@ def read_delivered(
     outcome rate, a broker away) logs a warning and returns what it found (the consumer goes on, with
     the duplicate window of the outcomes it did not read), rather than failing the assignment and
     crash-looping the group. Outcomes are filtered by their ``eventmail.source`` header, undecoded;
-    outcomes written before the header existed are decoded. Transactions still open when the scan
-    starts are waited for (up to ``timeout``): the outcomes behind them are read once they commit.
+    outcomes written before the header existed are decoded. Each partition is read to its high
+    watermark when the scan starts: a transaction still open there (a hand-off of a process killed
+    mid-way that nobody fences) is waited for (up to ``timeout``) until it commits or the broker aborts
+    it, and the outcomes behind it are read then.
     """
     out: Delivered = defaultdict(lambda: defaultdict(set))
     if not committed:
@@ -146,7 +148,19 @@ def read_delivered(
     reached: dict[int, int] = {}
     try:
         try:
-            window, ends = _scan_bounds(reader, outcomes_topic, lookback_seconds, deadline)
+            # The ends are the high watermarks, asked by a read_uncommitted client: a read_committed
+            # one is told the end stops at the first transaction still open, and would not wait for it.
+            bounds = Consumer(
+                {
+                    **config,
+                    "group.id": f"eventmail-readback-{uuid.uuid4().hex}",
+                    "isolation.level": "read_uncommitted",
+                }
+            )
+            try:
+                window, ends = _scan_bounds(bounds, outcomes_topic, lookback_seconds, deadline)
+            finally:
+                bounds.close()
         except KafkaException as exc:
             log.warning(
                 "outcome read-back could not start; going on without it",
