@@ -11,11 +11,13 @@ real broker.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from confluent_kafka import KafkaError, Producer
 from prometheus_client import REGISTRY
 
@@ -159,6 +161,42 @@ def test_a_fenced_handoff_producer_is_replaced_and_writes_its_transaction_once(
         handoff.close()
     assert [m.value() for m in read_topic(kafka_bootstrap, retry)] == [b"r0", b"r1", b"r2"]
     assert [m.value() for m in read_topic(kafka_bootstrap, outcomes)] == [b"o0", b"o1", b"o2"]
+
+
+def test_a_hand_off_fenced_between_its_records_and_its_commit_is_looked_up_and_written_once(
+    kafka_bootstrap: str, topic_factory: TopicFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every record acknowledged, then the producer fenced before its commit: the transaction may
+    have been committed, so the new producer's hand-off looks the retry record up first (here it
+    was aborted by the fencing) and writes it once."""
+    retry, outcomes = topic_factory("retry-lookup", 1), topic_factory("outcomes-lookup", 1)
+    tx_id = f"g-{uuid.uuid4().hex[:8]}.retry.host.1"
+    config = {"bootstrap.servers": kafka_bootstrap}
+    handoff = RetryHandoff(config, "unused", tx_id=tx_id, transaction_timeout_ms=10_000)
+    rival = Producer({**config, "transactional.id": tx_id})
+    commit = handoff._commit
+    fenced: list[bool] = []
+
+    def fence_then_commit() -> None:
+        if not fenced:
+            fenced.append(True)
+            assert handoff._producer.flush(30) == 0  # both records of the transaction acknowledged
+            rival.init_transactions(30)  # aborts the open transaction and fences the producer
+        commit()
+
+    handoff._commit = fence_then_commit  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.INFO, logger="consumer.pipeline.handoff"):
+            asyncio.run(handoff.handoff((retry, b"k", b"r1"), (outcomes, b"k", b"o1")))
+        assert handoff.recreated == 1
+        looked_up = [
+            r for r in caplog.records if r.getMessage() == "hand-off looked up after its producer failed"
+        ]
+        assert [getattr(r, "committed", None) for r in looked_up] == [False]
+    finally:
+        handoff.close()
+    assert [m.value() for m in read_topic(kafka_bootstrap, retry)] == [b"r1"]
+    assert [m.value() for m in read_topic(kafka_bootstrap, outcomes)] == [b"o1"]
 
 
 def test_a_fatal_outcome_producer_error_replaces_the_producer_and_every_send_is_acknowledged(

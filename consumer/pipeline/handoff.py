@@ -205,7 +205,8 @@ class RetryHandoff:
             return
         except KafkaException as exc:
             error = _error(exc)
-        self._producer.poll(0)  # the delivery reports not served yet
+        with contextlib.suppress(KafkaException):  # (a producer in a fatal state raises it here too)
+            self._producer.poll(0)  # the delivery reports not served yet
         committed = self._settle(error, acked)
         if committed:
             log.warning(
@@ -240,7 +241,12 @@ class RetryHandoff:
         retry, outcome = acked.get(0), acked.get(1)
         if not isinstance(retry, tuple) or not isinstance(outcome, tuple):
             return False  # a record was never acknowledged: the commit was never sent
-        return self._visible(retry)
+        visible = self._visible(retry)
+        log.info(
+            "hand-off looked up after its producer failed",
+            extra={"committed": visible, "topic": retry[0], "partition": retry[1], "offset": retry[2]},
+        )
+        return visible
 
     def _abort(self) -> KafkaError | None:
         """Abort the current transaction: None once aborted, else the error that makes the producer

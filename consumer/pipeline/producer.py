@@ -76,7 +76,7 @@ class AsyncProducer:
     def _on_error(self, error: KafkaError, generation: int | None = None) -> None:
         """librdkafka's error callback of the instance of ``generation`` (None: the current one)."""
         KAFKA_ERRORS.labels(code=error.name()).inc()
-        if not error.fatal():
+        if not _fatal(error):
             log.warning("producer error", extra={"kafka_error": error.str()})
         elif generation in (None, self._generation):  # a replaced instance may still say it is broken
             self.fatal = error
@@ -87,7 +87,14 @@ class AsyncProducer:
 
     def _poll_loop(self) -> None:
         while not self._closed.is_set():
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except KafkaException as exc:  # the poll thread must not die: it serves every ack
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and _fatal(error) and self.fatal is None:
+                    self._on_error(error)
+                else:
+                    log.warning("producer poll failed", extra={"error": str(exc)[:300]})
             if self.fatal is not None and not self._closed.is_set():
                 self._replace()
 
