@@ -54,8 +54,10 @@ class PermissionGate:
             unknown: list[str] = []
             try:
                 missing = await asyncio.to_thread(missing_permissions, self.config, self.acls, 15.0, unknown)
-            except KafkaException as exc:
-                missing = [f"cannot ask the brokers about permissions: {exc.args[0]}"]
+            except (KafkaException, TimeoutError) as exc:
+                # a broker that is restarting may not answer in time: not ready yet, asked again
+                reason = exc.args[0] if exc.args else "no answer in time"
+                missing = [f"cannot ask the brokers about permissions: {reason}"]
             self.missing, self.missing_topics = missing, sorted(unknown)
             if not missing and not unknown:
                 if said or said_topics:
