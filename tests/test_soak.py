@@ -308,6 +308,9 @@ def test_soak_of_every_fault_at_random(
         **QUICK_RETRIES,
         EVENTMAIL_PIPELINE__MAX_IN_FLIGHT=str(IN_FLIGHT),
         EVENTMAIL_SCHEMA_REGISTRY__URL=schema_registry.url,
+        # a replica out of its group while the broker answers replaces its consumer well within the
+        # soak's wait for readiness
+        EVENTMAIL_KAFKA__GROUP_STUCK_SECONDS="60",
     )
     replicas = Replicas(env, tmp_path, ["a", "b"])
     # the aggregator reads the outcomes throughout and must ride out every fault without a restart
