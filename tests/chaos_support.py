@@ -262,25 +262,19 @@ class SinkProcess:
     def esp(self, **extra: Any) -> dict[str, Any]:
         return {"host": "127.0.0.1", "port": self.port, "encryption": "none", **extra}
 
-    def message_ids(self) -> list[str]:
+    def _records(self) -> list[dict[str, Any]]:
+        """The log's complete lines (the sink may be writing the last one while it is read)."""
         if not self.log.exists():
             return []
-        ids = []
-        for line in self.log.read_text().splitlines():
-            if line.strip():
-                ids.append(json.loads(line)["message_id"] or "")
-        return ids
+        *complete, _partial = self.log.read_text().split("\n")
+        return [json.loads(line) for line in complete if line.strip()]
+
+    def message_ids(self) -> list[str]:
+        return [record["message_id"] or "" for record in self._records()]
 
     def arrivals(self) -> list[tuple[str, float]]:
         """(Message-ID, time.time() when the sink took it) of every message, in order."""
-        if not self.log.exists():
-            return []
-        out = []
-        for line in self.log.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                out.append((record["message_id"] or "", float(record["ts"])))
-        return out
+        return [(record["message_id"] or "", float(record["ts"])) for record in self._records()]
 
     def wait_distinct(self, expected: int, timeout: float) -> None:
         wait_until(
