@@ -79,7 +79,7 @@ def compile_rule(rule: Rule, version: str | None = None, record_offset: int | No
         name=rule.name,
         version=version or rule_version(rule),
         platform=rule.platform,
-        triggers=frozenset(rule.triggers),
+        triggers=_shared(frozenset(rule.triggers)),
         scope=rule.scope,
         enabled=rule.enabled,
         action=rule.action,
@@ -103,23 +103,46 @@ def compile_filters(filters: Filters) -> Predicate | None:
         if id_filter is None:
             continue
         if id_filter.include:
-            checks.append(_member(attribute, frozenset(id_filter.include)))
+            checks.append(_member(attribute, _values(id_filter.include)))
         if id_filter.exclude:
-            checks.append(_not_member(attribute, frozenset(id_filter.exclude)))
+            checks.append(_not_member(attribute, _values(id_filter.exclude)))
     if filters.call_tracking_pools is not None and filters.call_tracking_pools.include:
-        checks.append(_member("call_tracking_pool_id", frozenset(filters.call_tracking_pools.include)))
+        checks.append(_member("call_tracking_pool_id", _values(filters.call_tracking_pools.include)))
     if filters.price is not None:
         checks.append(_price(filters.price))
+    return _all(checks)
+
+
+#: Trigger sets are few (combinations of a platform's triggers): one object each, not one per rule.
+_TRIGGER_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _shared(triggers: frozenset[str]) -> frozenset[str]:
+    return _TRIGGER_SETS.setdefault(triggers, triggers)
+
+
+def _values(values: Iterable[str]) -> frozenset[str]:
+    """A filter's list as a set (a tuple would take less memory but is searched 2-3x slower)."""
+    return frozenset(values)
+
+
+def _all(checks: list[Predicate]) -> Predicate | None:
+    """One closure calling every check in turn (not a chain of nested closures: one call less each)."""
     if not checks:
         return None
-    predicate = checks[0]
-    for check in checks[1:]:
-        predicate = _both(predicate, check)
-    return predicate
-
-
-def _both(first: Predicate, second: Predicate) -> Predicate:
-    return lambda event: first(event) and second(event)
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        a, b = checks
+        return lambda event: a(event) and b(event)
+    if len(checks) == 3:
+        a, b, c = checks
+        return lambda event: a(event) and b(event) and c(event)
+    if len(checks) == 4:
+        a, b, c, d = checks
+        return lambda event: a(event) and b(event) and c(event) and d(event)
+    every = tuple(checks)
+    return lambda event: all(check(event) for check in every)
 
 
 def _equals(attribute: str, wanted: str) -> Predicate:
@@ -154,10 +177,15 @@ def _bucket_keys(rule: CompiledRule) -> Iterator[BucketKey]:
         yield (rule.platform.value, trigger, kind, scope_id)
 
 
+#: The rules of one (platform, trigger): by product id and by campaign id.
+Scopes = tuple[dict[str, tuple[CompiledRule, ...]], dict[str, tuple[CompiledRule, ...]]]
+_NO_SCOPES: Scopes = ({}, {})
+
+
 class RuleIndex:
     """An immutable snapshot of the valid rules (enabled and disabled), indexed for matching."""
 
-    __slots__ = ("_buckets", "_enabled", "_rules", "generation")
+    __slots__ = ("_enabled", "_rules", "_tree", "generation")
 
     def __init__(self, rules: Iterable[CompiledRule] = (), generation: int = 0) -> None:
         by_id = {rule.rule_id: rule for rule in rules}
@@ -169,28 +197,33 @@ class RuleIndex:
             enabled += 1
             for key in _bucket_keys(rule):
                 buckets.setdefault(key, []).append(rule)
+        # platform -> trigger -> (product id -> rules, campaign id -> rules): lookups by str keys only
+        # (their hashes are cached), no key tuple built and hashed per event.
+        tree: dict[str, dict[str, Scopes]] = {}
+        for (platform, trigger, kind, scope_id), bucket in buckets.items():
+            scopes = tree.setdefault(platform, {}).setdefault(trigger, ({}, {}))
+            scopes[0 if kind == "product" else 1][scope_id] = tuple(bucket)
         self._rules: Mapping[str, CompiledRule] = MappingProxyType(by_id)
-        self._buckets: dict[BucketKey, tuple[CompiledRule, ...]] = {k: tuple(v) for k, v in buckets.items()}
+        self._tree = tree
         self._enabled = enabled
         #: Increases with every snapshot a store publishes.
         self.generation = generation
 
     def match(self, event: Event) -> list[CompiledRule]:
         """Every enabled rule the event triggers, ordered by rule id within each scope."""
-        buckets = self._buckets
-        # Platform is a StrEnum: it hashes and compares like its value, the key's first part.
-        platform: str = event.platform
-        trigger = event.trigger
+        # Platform is a StrEnum: it hashes and compares like its value, the tree's key.
+        by_trigger = self._tree.get(event.platform)
+        products, campaigns = by_trigger.get(event.trigger, _NO_SCOPES) if by_trigger else _NO_SCOPES
         out: list[CompiledRule] = []
         product_id = event.product_id
-        if product_id is not None:
-            for rule in buckets.get((platform, trigger, "product", product_id), ()):
+        if product_id is not None and products:
+            for rule in products.get(product_id, ()):
                 predicate = rule.predicate
                 if predicate is None or predicate(event):
                     out.append(rule)
         campaign_id = event.campaign_id
-        if campaign_id is not None:
-            for rule in buckets.get((platform, trigger, "campaign", campaign_id), ()):
+        if campaign_id is not None and campaigns:
+            for rule in campaigns.get(campaign_id, ()):
                 predicate = rule.predicate
                 if predicate is None or predicate(event):
                     out.append(rule)
