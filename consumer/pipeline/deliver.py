@@ -36,10 +36,24 @@ class MailDeliverer:
         self.transport = transport or Transport(settings.smtp)
         self.passwords = PasswordResolver(settings)
         self.renderer = RenderService()
+        #: The server of each ESP connection (the settings do not change while the service runs).
+        self._esp_params: dict[str, ConnectionParams] = {}
 
     def connection(self, rule: CompiledRule) -> ConnectionParams:
         """The SMTP server of a rule; raises SecretError when the deployment lacks what it names."""
         return connection_params(self.settings, rule.action.connection, self.passwords)
+
+    def _params(self, connection: EspConnectionRef | ManualConnection) -> ConnectionParams:
+        """``connection_params`` of a delivery's connection, made once per ESP connection (a rule's
+        manual connection is made each time: its password may be resolved from a secret)."""
+        if not isinstance(connection, EspConnectionRef):
+            return connection_params(self.settings, connection, self.passwords)
+        params = self._esp_params.get(connection.name)
+        if params is None:  # a SecretError (not configured) is raised each time, never kept
+            params = self._esp_params[connection.name] = connection_params(
+                self.settings, connection, self.passwords
+            )
+        return params
 
     def chain(self, rule: CompiledRule) -> list[EspConnectionRef | ManualConnection]:
         """The connections a delivery may use, in order: the rule's, its fallbacks, then the
@@ -83,7 +97,7 @@ class MailDeliverer:
         for position, connection in enumerate(chain):
             last = position == len(chain) - 1
             try:
-                params = connection_params(self.settings, connection, self.passwords)
+                params = self._params(connection)
             except SecretError as exc:
                 if position == 0:
                     result.verdict, result.error, result.reason = Verdict.FAILED, str(exc), "config"
