@@ -127,9 +127,11 @@ def _values(values: Iterable[str]) -> frozenset[str]:
 
 
 def _all(checks: list[Predicate]) -> Predicate | None:
-    """One closure calling every check in turn (not a chain of nested closures: one call less each)."""
-    if not checks:
-        return None
+    """One closure calling every check in turn (not a chain of nested closures: fewer calls)."""
+    return _conjunction(checks) if checks else None
+
+
+def _conjunction(checks: list[Predicate]) -> Predicate:
     if len(checks) == 1:
         return checks[0]
     if len(checks) == 2:
@@ -141,8 +143,8 @@ def _all(checks: list[Predicate]) -> Predicate | None:
     if len(checks) == 4:
         a, b, c, d = checks
         return lambda event: a(event) and b(event) and c(event) and d(event)
-    every = tuple(checks)
-    return lambda event: all(check(event) for check in every)
+    first, rest = _conjunction(checks[:4]), _conjunction(checks[4:])
+    return lambda event: first(event) and rest(event)
 
 
 def _equals(attribute: str, wanted: str) -> Predicate:
@@ -199,9 +201,10 @@ class RuleIndex:
                 buckets.setdefault(key, []).append(rule)
         # platform -> trigger -> (product id -> rules, campaign id -> rules): lookups by str keys only
         # (their hashes are cached), no key tuple built and hashed per event.
-        tree: dict[str, dict[str, Scopes]] = {}
+        tree: dict[Platform, dict[str, Scopes]] = {}
         for (platform, trigger, kind, scope_id), bucket in buckets.items():
-            scopes = tree.setdefault(platform, {}).setdefault(trigger, ({}, {}))
+            # Keyed by the Platform member itself: the event's platform is found by identity.
+            scopes = tree.setdefault(Platform(platform), {}).setdefault(trigger, ({}, {}))
             scopes[0 if kind == "product" else 1][scope_id] = tuple(bucket)
         self._rules: Mapping[str, CompiledRule] = MappingProxyType(by_id)
         self._tree = tree
@@ -211,7 +214,6 @@ class RuleIndex:
 
     def match(self, event: Event) -> list[CompiledRule]:
         """Every enabled rule the event triggers, ordered by rule id within each scope."""
-        # Platform is a StrEnum: it hashes and compares like its value, the tree's key.
         by_trigger = self._tree.get(event.platform)
         products, campaigns = by_trigger.get(event.trigger, _NO_SCOPES) if by_trigger else _NO_SCOPES
         out: list[CompiledRule] = []
