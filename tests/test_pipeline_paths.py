@@ -4,7 +4,6 @@ server, on the outcome topic and in the committed offsets."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,8 @@ from tests.clirun import run_cli
 from tests.factories import make_event
 from tests.pipeline_support import apply_rules, esp_env, outcomes, publish, rule_doc, wait_outcomes
 from tests.support.kafka import TopicFactory, consume_all, produce
-from tests.support.registry import LocalRegistry
 from tests.support.registry_fixtures import RegistryEndpoint
+from tests.support.registry_proxy import RegistryProxy
 from tests.support.service import Deployment, ServiceProcess
 from tests.support.smtp import SMTPServerFactory, SMTPTestServer
 
@@ -156,36 +155,29 @@ def test_a_retry_deadline_that_passes_gives_up_with_the_attempts_made(
     assert busy_server.messages == []
 
 
-@pytest.fixture
-def stoppable_registry(schema_registry: RegistryEndpoint) -> Iterator[LocalRegistry]:
-    """The session's local registry, for a test that stops it; running again afterwards."""
-    if schema_registry.local is None:
-        pytest.fail("this test stops the registry: it needs the local one, not SCHEMA_REGISTRY_URL")
-    yield schema_registry.local
-    if not schema_registry.local.is_running():
-        schema_registry.local.start()
-
-
 def test_a_registry_outage_stalls_the_partition_and_sends_nothing_to_the_dlq(
     deployment: Deployment,
     smtp_server_factory: SMTPServerFactory,
     tmp_path: Path,
     schema_registry: RegistryEndpoint,
-    stoppable_registry: LocalRegistry,
     registry_client: SchemaRegistryClient,
 ) -> None:
+    """The registry goes away (its port refuses connections, as a registry that is down does) while
+    Avro records of partition 0 wait for it, and comes back."""
     server = smtp_server_factory("plain")
     deployment.extra_env.update(esp_env(deployment, {"default": server}))
     apply_rules(deployment, tmp_path, rule_doc("r-1"))
     lms = deployment.topics["lms"]
     schema_id = register_event_schema(registry_client, value_subject(lms), Platform.LMS)
-    env = deployment.env(**FAST, EVENTMAIL_SCHEMA_REGISTRY__URL=schema_registry.url)
+    proxy = RegistryProxy(schema_registry.url)
+    proxy.restore()
+    env = deployment.env(**FAST, EVENTMAIL_SCHEMA_REGISTRY__URL=proxy.url)
     service = ServiceProcess("run", env, tmp_path).start()
     wire = [make_event(lead_id=f"W{i}") for i in range(3)]
     plain = make_event(lead_id="J0")
     try:
         service.wait_ready()
-        stoppable_registry.stop()
+        proxy.cut()
         produce(
             deployment.bootstrap,
             lms,
@@ -211,11 +203,12 @@ def test_a_registry_outage_stalls_the_partition_and_sends_nothing_to_the_dlq(
         assert _committed(deployment, lms, 0) < 1
         assert service.proc is not None
         assert service.proc.poll() is None
-        stoppable_registry.start()
+        proxy.restore()
         server.wait_for(1 + len(wire), timeout=120)  # the stalled records go on by themselves
         assert service.terminate() == 0
     finally:
         service.stop()
+        proxy.cut()
     assert sorted(m.subject or "" for m in server.messages) == sorted(
         f"Lead {e.lead_id} sold for 12.5" for e in [*wire, plain]
     )
