@@ -372,7 +372,9 @@ def kill_windows(
         times.sort()
         outcome_times = sent.get(message_id, [])
         for first, again in itertools.pairwise(times):
-            confirmed = any(first <= created < again for created in outcome_times)
+            # ``created`` is kept in milliseconds (cut, not rounded): the outcome of the next delivery
+            # can read up to 1 ms before the server took that delivery.
+            confirmed = any(first - 0.001 <= created < again - 0.001 for created in outcome_times)
             caught = next(
                 (
                     i
