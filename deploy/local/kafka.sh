@@ -321,20 +321,6 @@ up() {
   return 1
 }
 
-stop_node() {
-  local i=$1 pid
-  running "$i" || { rm -f "$(pidfile "$i")"; return 0; }
-  pid=$(cat "$(pidfile "$i")")
-  kill -TERM "$pid"
-  for _ in $(seq 1 120); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.25
-  done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
-  rm -f "$(pidfile "$i")"
-  echo "kafka: stopped node $i (pid $pid)" >&2
-}
-
 down() {
   local i any=0
   for i in $(seq 1 "$nodes"); do if running "$i"; then any=1; fi; done
@@ -343,8 +329,31 @@ down() {
     echo "kafka: not running on port $port" >&2
     return 0
   fi
-  # Brokers first, the last node (often the active controller's peer) last.
-  for i in $(seq "$nodes" -1 1); do stop_node "$i"; done
+  # Every node at once: a node stopped after its peers waits for a controller quorum that is gone
+  # (30 s, then it is killed); stopped together, they shut down while the quorum still answers.
+  local -a pids=()
+  for i in $(seq 1 "$nodes"); do
+    if running "$i"; then
+      pids[i]=$(cat "$(pidfile "$i")")
+      kill -TERM "${pids[i]}"
+    else
+      rm -f "$(pidfile "$i")"
+    fi
+  done
+  for _ in $(seq 1 120); do
+    any=0
+    for i in "${!pids[@]}"; do if kill -0 "${pids[i]}" 2>/dev/null; then any=1; fi; done
+    [ "$any" = 0 ] && break
+    sleep 0.25
+  done
+  for i in "${!pids[@]}"; do
+    if kill -0 "${pids[i]}" 2>/dev/null; then
+      kill -KILL "${pids[i]}"
+      echo "kafka: node $i did not stop in 30 s; killed" >&2
+    fi
+    rm -f "$(pidfile "$i")"
+    echo "kafka: stopped node $i (pid ${pids[i]})" >&2
+  done
 }
 
 kill_node() {
