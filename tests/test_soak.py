@@ -268,12 +268,6 @@ class Chaos:
 
 @pytest.mark.slow
 @pytest.mark.timeout(int(SECONDS) + 1500)
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bugs found by this soak (docs/reliability.md, Soak): a broker restart longer than the "
-    "hand-off's 15 s transaction timeout stops a replica, and a replica can stay without a group "
-    "coordinator after a restart; it passes when the restarts are short",
-)
 def test_soak_of_every_fault_at_random(
     kafka_bootstrap: str,
     topic_factory: TopicFactory,
