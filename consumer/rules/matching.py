@@ -1,9 +1,10 @@
 """Which rules an event triggers: rules compiled once per version, looked up by (platform, trigger, scope).
 
-A :class:`RuleIndex` is an immutable snapshot. Enabled rules sit in buckets keyed by
-``(platform, trigger, "product", product_id)`` or ``(platform, trigger, "campaign", campaign_id)``, so
-an event looks at two buckets only: the cost of a match does not grow with rules of other triggers or
-scopes. Each rule's filters are compiled to frozensets and closures (:func:`compile_rule`).
+A :class:`RuleIndex` is an immutable snapshot. Enabled rules sit in buckets of
+``(platform, trigger, "product", product_id)`` or ``(platform, trigger, "campaign", campaign_id)``,
+held as nested dicts (platform -> trigger -> product or campaign id), so an event looks at two buckets
+only: the cost of a match does not grow with rules of other triggers or scopes. Each rule's filters
+are compiled to frozensets and one flat closure (:func:`compile_rule`).
 
 Filter semantics (contract "Rules"): an include list lets through only events whose field is in it
 (a null field is not); an exclude list drops events whose field is in it (a null field passes);
