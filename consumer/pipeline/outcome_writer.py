@@ -6,8 +6,10 @@ written, the next start would send that mail again, and again after each restart
 outcome (the topic missing, not authorised, refusing the record's size ...) is written again with
 a growing delay (up to :data:`MAX_BACKOFF_SECONDS`) while its record stays uncommitted, and no new
 delivery starts meanwhile (:meth:`OutcomeWriter.wait_writable`): the consumer stops taking new work
-(its in-flight bound fills) instead of mailing without a record. Only a fatal producer error (the
-idempotent producer lost its guarantees) or a closed producer is raised.
+(its in-flight bound fills) instead of mailing without a record. A fatal producer error (the
+idempotent producer lost its guarantees) is handled by the producer, which replaces its instance and
+produces the outcome again (:mod:`consumer.pipeline.producer`); only a closed producer, or a fatal
+error that reaches this writer all the same, is raised.
 
 Each outcome carries the header ``eventmail.source`` (``topic:partition:offset`` of its source
 record), so the read-back after an assignment (:mod:`consumer.pipeline.dedup`) skips the outcomes
