@@ -13,7 +13,17 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from tests.support.kafka import KAFKA_SCRIPT, ROOT, TopicFactory, consume_all, produce, unique_name
+from tests.support.kafka import (
+    CLUSTER_PORT,
+    KAFKA_SCRIPT,
+    ROOT,
+    SECURE_PORT,
+    SESSION_PORT,
+    TopicFactory,
+    consume_all,
+    produce,
+    unique_name,
+)
 
 JARS = Path(os.environ.get("EVENTMAIL_CACHE", ROOT / ".cache")) / "kafka" / "jars"
 
@@ -118,7 +128,7 @@ def _script_env(**extra: str) -> dict[str, str]:
 def test_script_finds_the_project_venv_for_its_readiness_check(kafka_bootstrap: str, tmp_path: Path) -> None:
     """``kafka.sh up`` from a shell without the virtualenv: the readiness check uses the project's
     .venv by itself (it used to wait 60 s and say "no answer" while the broker ran)."""
-    port = free_port_pair(39320)
+    port = free_port_pair(19320)
     env = _script_env(KAFKA_PORT=str(port), EVENTMAIL_CACHE=str(tmp_path / "cache"))
     # The jars are shared with the session's broker (no second download).
     (tmp_path / "cache" / "kafka").mkdir(parents=True)
@@ -135,10 +145,19 @@ def test_script_says_what_is_missing_without_a_usable_python(tmp_path: Path) -> 
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\nexit 1\n")
     fake.chmod(0o755)
-    env = _script_env(KAFKA_PORT="39329", PYTHON=str(fake), EVENTMAIL_CACHE=str(tmp_path / "cache"))
+    env = _script_env(KAFKA_PORT="19329", PYTHON=str(fake), EVENTMAIL_CACHE=str(tmp_path / "cache"))
     started = time.monotonic()
     up = subprocess.run([str(KAFKA_SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=60)
     assert up.returncode == 1
     assert time.monotonic() - started < 10  # before any broker starts, not after a 60 s wait
     assert f"needs a Python with confluent-kafka; {fake} has none" in up.stderr
     assert "make install" in up.stderr
+
+
+def test_the_default_test_ports_lie_below_the_ephemeral_range() -> None:
+    """A broker port inside the ephemeral range can be held as the local port of any client
+    connection of the session (a 3-node cluster failed to start in CI with "Address already in
+    use" on 39310 for the whole of its retries); below it, only a listener can take one."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    highest = max(SESSION_PORT + 1, SECURE_PORT + 1, CLUSTER_PORT + 5, 19320 + 200, 19329 + 1)
+    assert highest < low, f"test ports up to {highest} reach the ephemeral range from {low}"

@@ -295,7 +295,7 @@ up() {
     for i in $(seq 1 "$nodes"); do
       if ! running "$i"; then
         # A port of ours can be taken for a moment as the local port of some other connection
-        # (the test ports lie in the ephemeral range): try again a few times.
+        # when it lies in the ephemeral range (32768 and up): try again a few times.
         if [ "${retries[i]:-5}" -lt 5 ] &&
           tail -c +$((${offset[i]:-0} + 1)) "$(logfile "$i")" | grep -q "Address already in use"; then
           retries[i]=$((retries[i] + 1))

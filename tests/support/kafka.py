@@ -2,7 +2,9 @@
 
 Order of choice: ``KAFKA_BOOTSTRAP_SERVERS`` if set; else testcontainers' ``KafkaContainer`` if a
 Docker engine answers; else the local KRaft broker of ``deploy/local/kafka.sh`` on its own port
-(``EVENTMAIL_TEST_KAFKA_PORT``, default 39092), started for the session and stopped after it.
+(``EVENTMAIL_TEST_KAFKA_PORT``, default 19092), started for the session and stopped after it.
+The default test ports (19092, 19300, 19310..19315) lie below Linux's ephemeral range (32768 and up),
+so no client connection of the session can hold one of them as its local port while a broker starts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = ROOT / "deploy" / "local" / "kafka.sh"
+#: Default ports of the session's brokers: single, secured, and the first of a 3-node cluster
+#: (which takes six from there). Each node also takes the next port for its controller.
+SESSION_PORT, SECURE_PORT, CLUSTER_PORT = 19092, 19300, 19310
 
 
 def docker_engine_answers() -> bool:
@@ -89,7 +94,7 @@ def kafka_session() -> Iterator[tuple[str, LocalBroker | None]]:
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server(), None
         return
-    broker = LocalBroker(int(os.environ.get("EVENTMAIL_TEST_KAFKA_PORT", "39092")))
+    broker = LocalBroker(int(os.environ.get("EVENTMAIL_TEST_KAFKA_PORT", str(SESSION_PORT))))
     broker.start()
     try:
         yield broker.bootstrap, broker
