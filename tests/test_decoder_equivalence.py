@@ -25,7 +25,7 @@ from consumer.events.codec import (
     build_event_reference,
     encode_json,
 )
-from consumer.events.model import Event
+from consumer.events.model import ID_FIELDS, Event
 from consumer.events.triggers import CALL_LOGIC_TRIGGERS, LMS_TRIGGERS, Platform
 from consumer.schemas import parsed_schema
 from tests.factories import make_event
@@ -144,16 +144,6 @@ DATA = st.one_of(
 SHORT_ID = st.text(min_size=1, max_size=12)
 ID = st.one_of(SHORT_ID, SHORT_ID, SHORT_ID, ANY_TEXT.filter(bool), BOUNDARY_TEXT.filter(bool))
 OPTIONAL_ID = st.one_of(st.none(), ID)
-ID_FIELDS = (
-    "product_id",
-    "campaign_id",
-    "lead_id",
-    "publisher_id",
-    "channel_id",
-    "source_id",
-    "buyer_id",
-    "pingtree_id",
-)
 #: Values the model accepts (mostly: a boundary length or a Call Logic pool on LMS is not).
 VALID: dict[str, st.SearchStrategy[Any]] = {
     "event_id": ID,
