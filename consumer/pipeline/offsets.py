@@ -49,9 +49,14 @@ class PartitionOffsets:
 
     def started(self, offset: int) -> None:
         self._pending.add(offset)
-        heapq.heappush(self._heap, offset)
-        if self.next_offset is None or offset + 1 > self.next_offset:
+        following = self.next_offset
+        if following is None or offset >= following:
+            # Records come in offset order: one past every offset seen is larger than each offset
+            # in the heap, so appending it keeps the heap ordered without a sift.
+            self._heap.append(offset)
             self.next_offset = offset + 1
+        else:
+            heapq.heappush(self._heap, offset)
 
     def done(self, offset: int) -> None:
         self._pending.discard(offset)
