@@ -92,7 +92,8 @@ class RecordProcessor:
         self.dead_letters = DeadLetterWriter(producer, settings.topics.dlq)
         lookup = decoder.writer_schema
         self.schemas = OffLoopSchemas(lookup) if lookup is not None else None
-        self._consumed: dict[tuple[Platform, str], Any] = {}
+        #: The consumed counter's ``inc`` per (platform, trigger).
+        self._consumed: dict[tuple[Platform, str], Callable[[], None]] = {}
 
     # --- events ---------------------------------------------------------------------------------------
     def start_event(self, msg: Message, topic: str) -> Coroutine[Any, Any, None] | None:
@@ -133,10 +134,10 @@ class RecordProcessor:
     def _match(self, platform: Platform, event: Event) -> Sequence[Any]:
         """The rules the event triggers, counted in the consumed and matched metrics."""
         key = (platform, event.trigger)
-        consumed = self._consumed.get(key)
-        if consumed is None:  # label children are looked up once per (platform, trigger): a bounded set
-            consumed = self._consumed[key] = EVENTS_CONSUMED.labels(platform=platform.value, trigger=key[1])
-        consumed.inc()
+        count = self._consumed.get(key)
+        if count is None:  # label children are looked up once per (platform, trigger): a bounded set
+            count = self._consumed[key] = EVENTS_CONSUMED.labels(platform=platform.value, trigger=key[1]).inc
+        count()
         matched = self.rules().match(event)
         if matched:
             child(RULES_MATCHED, platform.value, key[1]).inc(len(matched))
