@@ -92,8 +92,10 @@ class RecordProcessor:
         self.dead_letters = DeadLetterWriter(producer, settings.topics.dlq)
         lookup = decoder.writer_schema
         self.schemas = OffLoopSchemas(lookup) if lookup is not None else None
-        #: The consumed counter's ``inc`` per (platform, trigger).
-        self._consumed: dict[tuple[Platform, str], Callable[[], None]] = {}
+        #: The consumed counter's child per (platform, trigger).
+        self._consumed: dict[tuple[Platform, str], Any] = {}
+        #: Events consumed and not yet added to the consumed counter (see :meth:`_count_consumed`).
+        self._uncounted: dict[tuple[Platform, str], int] = {}
 
     # --- events ---------------------------------------------------------------------------------------
     def start_event(self, msg: Message, topic: str) -> Coroutine[Any, Any, None] | None:
@@ -134,14 +136,35 @@ class RecordProcessor:
     def _match(self, platform: Platform, event: Event) -> Sequence[Any]:
         """The rules the event triggers, counted in the consumed and matched metrics."""
         key = (platform, event.trigger)
-        count = self._consumed.get(key)
-        if count is None:  # label children are looked up once per (platform, trigger): a bounded set
-            count = self._consumed[key] = EVENTS_CONSUMED.labels(platform=platform.value, trigger=key[1]).inc
-        count()
+        self._count_consumed(key)
         matched = self.rules().match(event)
         if matched:
             child(RULES_MATCHED, platform.value, key[1]).inc(len(matched))
         return matched
+
+    def _count_consumed(self, key: tuple[Platform, str]) -> None:
+        """One more event of ``key`` in the consumed counter. On the event loop the counts of one
+        batch of records are added once, by a callback that runs right after the batch (the
+        counter's lock costs as much as matching an event); off it, at once."""
+        uncounted = self._uncounted
+        if not uncounted:
+            try:
+                asyncio.get_running_loop().call_soon(self._add_uncounted)
+            except RuntimeError:  # no loop: count now
+                self._consumed_child(key).inc()
+                return
+        uncounted[key] = uncounted.get(key, 0) + 1
+
+    def _add_uncounted(self) -> None:
+        uncounted, self._uncounted = self._uncounted, {}
+        for key, count in uncounted.items():
+            self._consumed_child(key).inc(count)
+
+    def _consumed_child(self, key: tuple[Platform, str]) -> Any:
+        found = self._consumed.get(key)
+        if found is None:  # label children are looked up once per (platform, trigger): a bounded set
+            found = self._consumed[key] = EVENTS_CONSUMED.labels(platform=key[0].value, trigger=key[1])
+        return found
 
     async def _rejected(self, msg: Message, platform: Platform, exc: CodecError) -> None:
         DECODE_FAILURES.labels(platform=platform.value).inc()
