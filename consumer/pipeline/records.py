@@ -146,13 +146,14 @@ class RecordProcessor:
         """One more event of ``key`` in the consumed counter. On the event loop the counts of one
         batch of records are added once, by a callback that runs right after the batch (the
         counter's lock costs as much as matching an event); off it, at once."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on a loop (whose batch another thread must not touch): count now
+            self._consumed_child(key).inc()
+            return
         uncounted = self._uncounted
         if not uncounted:
-            try:
-                asyncio.get_running_loop().call_soon(self._add_uncounted)
-            except RuntimeError:  # no loop: count now
-                self._consumed_child(key).inc()
-                return
+            loop.call_soon(self._add_uncounted)
         uncounted[key] = uncounted.get(key, 0) + 1
 
     def _add_uncounted(self) -> None:
