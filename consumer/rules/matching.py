@@ -16,13 +16,15 @@ a price filter. Matching never mutates an index, never raises for a valid event,
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from consumer.events.model import Event
 from consumer.events.triggers import Platform
 from consumer.rules.codec import rule_version
+from consumer.rules.compact import compact_document, materialise
 from consumer.rules.model import (
     ID_FILTER_FIELDS,
     Action,
@@ -38,9 +40,14 @@ Predicate = Callable[[Event], bool]
 BucketKey = tuple[str, str, str, str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class CompiledRule:
-    """One version of a valid rule, ready to match and to send with."""
+    """One version of a valid rule, ready to match and to send with.
+
+    It holds what matching reads (ids, platform, triggers, scope, the compiled predicate) and the
+    rule's compact document (:mod:`consumer.rules.compact`); :attr:`rule`, :attr:`action` and
+    :attr:`warnings` materialise the validated rule from it on demand (cached).
+    """
 
     rule_id: str
     name: str | None
@@ -49,20 +56,68 @@ class CompiledRule:
     triggers: frozenset[str]
     scope: tuple[str, str]
     enabled: bool
-    action: Action
-    warnings: Warnings | None
     warnings_enabled: bool
-    rule: Rule = field(repr=False, compare=False)
     #: None: no filters, every event of the triggers and scope matches.
-    predicate: Predicate | None = field(default=None, repr=False, compare=False)
+    predicate: Predicate | None = None
     #: The offset of the rule's record on the rules topic (None for a rule read from a file): the
     #: ``rule_version`` of its outcomes and the ``X-Eventmail-Rule-Version`` header of its mails.
-    record_offset: int | None = field(default=None, compare=False)
+    record_offset: int | None = None
+    #: The rule's compact document (None when the rule itself is kept in ``pinned``).
+    document: bytes | None = None
+    #: The rule itself, for a rule that has no compact document (a clear-text password).
+    pinned: Rule | None = None
+
+    @property
+    def rule(self) -> Rule:
+        """The validated rule (materialised from the compact document, cached)."""
+        if self.pinned is not None:
+            return self.pinned
+        assert self.document is not None  # compile_rule sets one of the two
+        return materialise(self.document)
+
+    @property
+    def action(self) -> Action:
+        return self.rule.action
+
+    @property
+    def warnings(self) -> Warnings | None:
+        return self.rule.warnings
 
     @property
     def connection_label(self) -> str:
         """``esp:NAME`` or ``manual:HOST:PORT`` (never credentials)."""
         return self.action.connection.label
+
+    def _compared(self) -> tuple[object, ...]:
+        return (
+            self.rule_id,
+            self.name,
+            self.version,
+            self.platform,
+            self.triggers,
+            self.scope,
+            self.enabled,
+            self.action,
+            self.warnings,
+            self.warnings_enabled,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, CompiledRule)
+        return self._compared() == other._compared()
+
+    def __hash__(self) -> int:
+        return hash(self._compared())
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledRule(rule_id={self.rule_id!r}, name={self.name!r}, version={self.version!r}, "
+            f"platform={self.platform!r}, triggers={self.triggers!r}, scope={self.scope!r}, "
+            f"enabled={self.enabled!r}, action={self.action!r}, warnings={self.warnings!r}, "
+            f"warnings_enabled={self.warnings_enabled!r}, record_offset={self.record_offset!r})"
+        )
 
     def matches(self, event: Event) -> bool:
         """The full test, including platform, trigger and scope (the index checks those by lookup)."""
@@ -75,20 +130,22 @@ class CompiledRule:
 
 
 def compile_rule(rule: Rule, version: str | None = None, record_offset: int | None = None) -> CompiledRule:
+    """The rule compiled for matching; it keeps the rule's compact document, not the rule."""
+    document = compact_document(rule)
+    kind, scope_id = rule.scope
     return CompiledRule(
         rule_id=rule.id,
         name=rule.name,
         version=version or rule_version(rule),
         platform=rule.platform,
         triggers=_shared(frozenset(rule.triggers)),
-        scope=rule.scope,
+        scope=(sys.intern(kind), sys.intern(scope_id)),
         enabled=rule.enabled,
-        action=rule.action,
-        warnings=rule.warnings,
         warnings_enabled=rule.warnings_enabled,
-        rule=rule,
         predicate=compile_filters(rule.filters),
         record_offset=record_offset,
+        document=document,
+        pinned=rule if document is None else None,
     )
 
 
