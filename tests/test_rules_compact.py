@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, SecretStr
 
-from consumer.rules import compact
+from consumer.rules import compact, matching
 from consumer.rules.matching import RuleIndex, compile_rule
 from consumer.rules.model import Rule
 from consumer.rules.secrets import encrypt_password
@@ -169,3 +169,9 @@ def test_matching_agrees_with_the_reference_and_materialises_nothing(data: st.Da
     by_id = {r.id: r for r in rules}
     for compiled in found:
         assert compiled.rule == by_id[compiled.rule_id]
+
+
+def test_equal_filter_lists_share_one_set() -> None:
+    first = matching._values(["pub-1", "pub-2"])
+    assert matching._values(("pub-2", "pub-1", "pub-1")) is first
+    assert first == frozenset({"pub-1", "pub-2"})

@@ -179,9 +179,17 @@ def _shared(triggers: frozenset[str]) -> frozenset[str]:
     return _TRIGGER_SETS.setdefault(triggers, triggers)
 
 
+#: Equal filter lists share one set; the table starts over when full (sets already shared stay so).
+_VALUE_SETS: dict[frozenset[str], frozenset[str]] = {}
+_VALUE_SETS_MAX = 65_536
+
+
 def _values(values: Iterable[str]) -> frozenset[str]:
     """A filter's list as a set (a tuple would take less memory but is searched 2-3x slower)."""
-    return frozenset(values)
+    found = frozenset(sys.intern(value) for value in values)
+    if len(_VALUE_SETS) >= _VALUE_SETS_MAX:
+        _VALUE_SETS.clear()
+    return _VALUE_SETS.setdefault(found, found)
 
 
 def _all(checks: list[Predicate]) -> Predicate | None:
@@ -205,19 +213,53 @@ def _conjunction(checks: list[Predicate]) -> Predicate:
     return lambda event: first(event) and rest(event)
 
 
+# The checks of the event fields filters look at, each reading its field directly: one closure cell
+# (the value or the set) per check, no attribute getter object per check, one call fewer per test.
+_EQUALS: dict[str, Callable[[str], Predicate]] = {
+    "method": lambda wanted: lambda event: event.method == wanted,
+    "tracking_strategy": lambda wanted: lambda event: event.tracking_strategy == wanted,
+}
+_MEMBER: dict[str, Callable[[frozenset[str]], Predicate]] = {
+    "publisher_id": lambda values: lambda event: event.publisher_id in values,
+    "channel_id": lambda values: lambda event: event.channel_id in values,
+    "source_id": lambda values: lambda event: event.source_id in values,
+    "buyer_id": lambda values: lambda event: event.buyer_id in values,
+    "campaign_id": lambda values: lambda event: event.campaign_id in values,
+    "pingtree_id": lambda values: lambda event: event.pingtree_id in values,
+    "call_tracking_pool_id": lambda values: lambda event: event.call_tracking_pool_id in values,
+}
+_NOT_MEMBER: dict[str, Callable[[frozenset[str]], Predicate]] = {
+    "publisher_id": lambda values: lambda event: event.publisher_id not in values,
+    "channel_id": lambda values: lambda event: event.channel_id not in values,
+    "source_id": lambda values: lambda event: event.source_id not in values,
+    "buyer_id": lambda values: lambda event: event.buyer_id not in values,
+    "campaign_id": lambda values: lambda event: event.campaign_id not in values,
+    "pingtree_id": lambda values: lambda event: event.pingtree_id not in values,
+}
+
+
 def _equals(attribute: str, wanted: str) -> Predicate:
+    specific = _EQUALS.get(attribute)
+    if specific is not None:
+        return specific(wanted)
     get = operator.attrgetter(attribute)
     return lambda event: bool(get(event) == wanted)
 
 
 def _member(attribute: str, values: frozenset[str]) -> Predicate:
+    specific = _MEMBER.get(attribute)
+    if specific is not None:
+        return specific(values)  # None is never in the set
     get = operator.attrgetter(attribute)
-    return lambda event: get(event) in values  # None is never in the set
+    return lambda event: get(event) in values
 
 
 def _not_member(attribute: str, values: frozenset[str]) -> Predicate:
+    specific = _NOT_MEMBER.get(attribute)
+    if specific is not None:
+        return specific(values)  # None is never excluded
     get = operator.attrgetter(attribute)
-    return lambda event: get(event) not in values  # None is never excluded
+    return lambda event: get(event) not in values
 
 
 def _price(restriction: PriceAboveZero | PriceCompare | PriceRange) -> Predicate:
