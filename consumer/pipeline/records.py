@@ -45,6 +45,7 @@ from consumer.pipeline.schema_fetch import OffLoopSchemas
 from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
+_running_loop = asyncio.get_running_loop
 
 
 class MatchedRule(Protocol):
@@ -94,7 +95,7 @@ class RecordProcessor:
         self.schemas = OffLoopSchemas(lookup) if lookup is not None else None
         #: The consumed counter's child per (platform, trigger).
         self._consumed: dict[tuple[Platform, str], Any] = {}
-        #: Events consumed and not yet added to the consumed counter (see :meth:`_count_consumed`).
+        #: Events consumed on the loop and not yet added to the consumed counter (see :meth:`_match`).
         self._uncounted: dict[tuple[Platform, str], int] = {}
 
     # --- events ---------------------------------------------------------------------------------------
@@ -136,25 +137,22 @@ class RecordProcessor:
     def _match(self, platform: Platform, event: Event) -> Sequence[Any]:
         """The rules the event triggers, counted in the consumed and matched metrics."""
         key = (platform, event.trigger)
-        self._count_consumed(key)
+        # The consumed counter: on the event loop the counts of a batch of records are added once,
+        # by a callback that runs right after the batch (the counter's lock costs as much as
+        # matching an event); off it (no batch to join, nor to touch from another thread), at once.
+        try:
+            loop = _running_loop()
+        except RuntimeError:
+            self._consumed_child(key).inc()
+        else:
+            uncounted = self._uncounted
+            if not uncounted:
+                loop.call_soon(self._add_uncounted)
+            uncounted[key] = uncounted.get(key, 0) + 1
         matched = self.rules().match(event)
         if matched:
             child(RULES_MATCHED, platform.value, key[1]).inc(len(matched))
         return matched
-
-    def _count_consumed(self, key: tuple[Platform, str]) -> None:
-        """One more event of ``key`` in the consumed counter. On the event loop the counts of one
-        batch of records are added once, by a callback that runs right after the batch (the
-        counter's lock costs as much as matching an event); off it, at once."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not on a loop (whose batch another thread must not touch): count now
-            self._consumed_child(key).inc()
-            return
-        uncounted = self._uncounted
-        if not uncounted:
-            loop.call_soon(self._add_uncounted)
-        uncounted[key] = uncounted.get(key, 0) + 1
 
     def _add_uncounted(self) -> None:
         uncounted, self._uncounted = self._uncounted, {}
