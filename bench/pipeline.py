@@ -50,7 +50,9 @@ Figures (rates are per second; the runner divides the first of each pair by the 
   the stream falls behind and the latencies measure its backlog), each with ``occurred_at`` = the
   moment it is produced; latency is from that moment to SMTP acceptance: the ``fast`` sink's time of
   receiving the message's data, just before its 250 reply (from its log), matched by the event id in
-  the subject. The outcome's write comes after it and is not included.
+  the subject. The outcome's write comes after it and is not included. ``hand_latency_*``: the same
+  stream (same rate, length and sink) into the hand-written mail loop, right after its rounds: what a
+  plain program that keeps the guarantee achieves at that rate on this machine.
 * ``memory_peak_rss_mb`` / ``memory_rss_growth_mb``: a fresh ``eventmail run`` over a long stream of
   interleaved events (full: 1,000,000 filtered + 100,000 mailed; quick: 40,000 + 1,500), produced
   as fast as the broker takes them; RSS is sampled from /proc/PID/status every 0.25 s; the peak is
@@ -58,6 +60,9 @@ Figures (rates are per second; the runner divides the first of each pair by the 
   when 10 % of it was.
 * ``*_cpu_us_per_event`` / ``*_cpu_ms_per_mail``: CPU time (user + system, all threads) of the
   consumer process over the timed window, per record: what the rate costs, apart from waiting.
+  ``mail_fast_cpu_{main,librdkafka,other}_ms_per_mail`` (and ``hand_mail_cpu_...``) split it by
+  thread: the asyncio loop's thread, librdkafka's own threads (``rdk:*``: the brokers' I/O, the
+  producer's batching and acknowledgements) and the other Python threads (the poll thread).
 
 Sizes (quick / full): N = 100,000 / 500,000 in 1 / 2 service rounds; M = 800 / 5,000 in 2 / 3
 rounds to the fast sink (the service, the hand-written loop and raw aiosmtplib alike) and 600 / 3,000
@@ -113,6 +118,7 @@ from bench.support import (
     read_sink_log,
     run_on_service_loop,
     stopping,
+    thread_cpu_seconds,
     wait_for,
 )
 from consumer.devtools.smtp_sink import spawn_sink_process, stop_sink_process
@@ -370,13 +376,16 @@ class Bench:
         prefix: str,
         count: int,
         product: str,
+        threads: dict[str, list[float]] | None = None,
     ) -> tuple[float, float]:
         """Produce ``count`` matching events: the rate at which their outcomes are acknowledged, and
-        the consumer's CPU milliseconds per mail meanwhile."""
+        the consumer's CPU milliseconds per mail meanwhile (with ``threads``: each thread group's
+        milliseconds per mail appended to its list, see :func:`bench.support.thread_cpu_seconds`)."""
         outcomes = deployment.topics["outcomes"]
         base = offsets.end(outcomes)
         records = self.records.batch(prefix, count, MAIL_TRIGGER, product)
         prod = producer(self.servers, **{"linger.ms": 2})
+        by_thread = thread_cpu_seconds(service.pid)
         cpu = cpu_seconds(service.pid)
         started = time.perf_counter()
         produce_all(self.servers, deployment.topics["lms"], records, out=prod)
@@ -388,6 +397,9 @@ class Bench:
             service.check_alive,
         )
         cpu = cpu_seconds(service.pid) - cpu
+        if threads is not None:
+            for group, seconds in thread_cpu_seconds(service.pid).items():
+                threads.setdefault(group, []).append((seconds - by_thread[group]) / count * 1000)
         return count / (ended - started), cpu / count * 1000
 
     def hand_mail(self) -> tuple[HandMail, Deployment]:
@@ -422,18 +434,30 @@ class Bench:
             raw: list[tuple[float, float]] = []
             ours: list[tuple[float, float]] = []
             hands: list[tuple[float, float]] = []
+            our_threads: dict[str, list[float]] = {}
+            hand_threads: dict[str, list[float]] = {}
 
             def steps() -> list[Callable[[], None]]:
                 out = [
                     lambda: raw.append(self.raw_smtp(messages)),
                     lambda: ours.append(
-                        self.mail_round(service, deployment, offsets, f"m{n}", plan.mail_fast, "p-fast")
+                        self.mail_round(
+                            service, deployment, offsets, f"m{n}", plan.mail_fast, "p-fast", our_threads
+                        )
                     ),
                 ]
                 if with_hand:
                     out.append(
                         lambda: hands.append(
-                            self.mail_round(hand, hand_deployment, offsets, f"h{n}", plan.mail_fast, "p-fast")
+                            self.mail_round(
+                                hand,
+                                hand_deployment,
+                                offsets,
+                                f"h{n}",
+                                plan.mail_fast,
+                                "p-fast",
+                                hand_threads,
+                            )
                         )
                     )
                 return out
@@ -447,11 +471,18 @@ class Bench:
             self.figures["raw_smtp_cpu_ms_per_mail"] = round(statistics.median(cpu for _, cpu in raw), 2)
             self.figures["mail_fast_per_s"] = round(statistics.median(rate for rate, _ in ours), 1)
             self.figures["mail_fast_cpu_ms_per_mail"] = round(statistics.median(cpu for _, cpu in ours), 2)
+            for group, values in our_threads.items():
+                self.figures[f"mail_fast_cpu_{group}_ms_per_mail"] = round(statistics.median(values), 3)
             self.figures["mail_fast_mails"] = float(plan.mail_fast)
             self.figures["mail_fast_connections"] = float(FAST_CONNECTIONS)
             if with_hand:
+                for group, values in hand_threads.items():
+                    self.figures[f"hand_mail_cpu_{group}_ms_per_mail"] = round(statistics.median(values), 3)
+                latency_mails = 0
+                if "latency" in self.only:
+                    latency_mails = self.latency(hand, hand_deployment, "hand_latency")
                 report = hand.stop()
-                expected = 4 * FAST_CONNECTIONS + plan.mail_rounds * plan.mail_fast
+                expected = 4 * FAST_CONNECTIONS + plan.mail_rounds * plan.mail_fast + latency_mails
                 if report.get("mails") != expected or report.get("failed"):
                     raise RuntimeError(f"the hand-written mail loop sent {report}, not {expected} mails")
                 self.figures["hand_mail_per_s"] = round(statistics.median(rate for rate, _ in hands), 1)
@@ -459,7 +490,7 @@ class Bench:
                     statistics.median(cpu for _, cpu in hands), 2
                 )
             if "latency" in self.only:
-                self.latency(service, deployment)
+                self.latency(service, deployment, "latency")
             self.mail_round(service, deployment, offsets, "warm-esp", 2 * ESP_CONNECTIONS, "p-esp")
             esp, esp_cpu = self.mail_round(service, deployment, offsets, "esp", plan.mail_esp, "p-esp")
             self.figures["mail_esp_per_s"] = round(esp, 1)
@@ -498,7 +529,9 @@ class Bench:
             raise RuntimeError(f"outcomes other than sent: {statuses}")
 
     # --- latency ------------------------------------------------------------------------------------------
-    def latency(self, service: Service, deployment: Deployment) -> None:
+    def latency(self, service: Service | HandMail, deployment: Deployment, name: str) -> int:
+        """The latency stream into ``deployment``'s events topic; its figures are ``{name}_p50_ms`` etc.
+        Returns how many mails it made."""
         count = int(self.plan.latency_seconds * LATENCY_RATE)
         prod = producer(self.servers, **{"linger.ms": 0})
         template = self.records
@@ -510,7 +543,7 @@ class Bench:
             delay = start + n / LATENCY_RATE - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            event_id = f"lat-{n}"
+            event_id = f"{name}-{n}"
             now = datetime.now(UTC)
             sent_at[event_id] = now.timestamp()
             value = template.value(event_id, MAIL_TRIGGER, "p-fast", now.isoformat())
@@ -522,7 +555,7 @@ class Bench:
         wait_for(
             lambda: count_lines(self.fast_log) >= before + count,
             120 + count / 20,  # a service that falls behind still delivers them all, later
-            "latency: mails at the sink",
+            f"{name}: mails at the sink",
             0.05,
             service.check_alive,
         )
@@ -534,17 +567,18 @@ class Bench:
                 received.append(float(entry["ts"]))
                 latencies.append((received[-1] - sent_at.pop(event_id)) * 1000)
         if sent_at:
-            raise RuntimeError(f"latency: {len(sent_at)} mails never reached the sink")
-        self.figures["latency_p50_ms"] = round(percentile(latencies, 50), 1)
-        self.figures["latency_p99_ms"] = round(percentile(latencies, 99), 1)
-        self.figures["latency_max_ms"] = round(max(latencies), 1)
-        self.figures["latency_events"] = float(count)
-        self.figures["latency_target_rate"] = LATENCY_RATE
+            raise RuntimeError(f"{name}: {len(sent_at)} mails never reached the sink")
+        self.figures[f"{name}_p50_ms"] = round(percentile(latencies, 50), 1)
+        self.figures[f"{name}_p99_ms"] = round(percentile(latencies, 99), 1)
+        self.figures[f"{name}_max_ms"] = round(max(latencies), 1)
+        self.figures[f"{name}_events"] = float(count)
+        self.figures[f"{name}_target_rate"] = LATENCY_RATE
         #: what the producing loop achieved (it may fall behind on a loaded machine)
-        self.figures["latency_produced_rate"] = round((count - 1) / (last - first), 1)
+        self.figures[f"{name}_produced_rate"] = round((count - 1) / (last - first), 1)
         #: the rate mails reached the sink: below the produced rate, the service fell behind (and the
         #: latencies measure its backlog)
-        self.figures["latency_delivered_rate"] = round((count - 1) / (max(received) - min(received)), 1)
+        self.figures[f"{name}_delivered_rate"] = round((count - 1) / (max(received) - min(received)), 1)
+        return count
 
     # --- the naive peer -----------------------------------------------------------------------------------
     def naive_peer(self) -> None:

@@ -330,6 +330,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU time so far of a process's threads in three groups: ``main`` (the thread
+    whose id is the process's: the asyncio loop of ``eventmail run``), ``librdkafka`` (librdkafka's own
+    threads, named ``rdk:...``) and ``other`` (the rest: Python threads, which keep the process's name).
+    Threads that ended meanwhile are not counted, so take the figures while the process runs."""
+    out = {"main": 0.0, "librdkafka": 0.0, "other": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        group = "main" if task.name == str(pid) else "librdkafka" if name.startswith("rdk:") else "other"
+        out[group] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 class Service(ServiceProcess):
     """``eventmail run`` as a child process with its own HTTP port and log file.
 
