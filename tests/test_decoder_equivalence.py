@@ -68,6 +68,8 @@ def outcome(decode: Any, *args: Any) -> tuple[Any, ...]:
         return ("error", str(exc), exc.field)
     except Exception as exc:  # nothing else may escape: recorded, so a difference shows
         return ("escaped", type(exc).__name__, str(exc))
+    if isinstance(event, str):  # decode_scoped: the trigger of an event no rule can match
+        return ("trigger", event)
     return ("event", snapshot(event))
 
 
@@ -421,3 +423,57 @@ def test_the_benchmark_record_takes_the_fast_path_and_equals_the_reference() -> 
     assert event is not None
     assert snapshot(event) == snapshot(REFERENCE[InputFormat.AUTO].decode(Platform.CALL_LOGIC, minimal))
     assert event.model_fields_set == {"platform", "event_id", "trigger", "occurred_at"}
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(JSON_CASES, st.sampled_from(list(InputFormat)), HEADERS, st.booleans())
+@example((Platform.LMS, _base(Platform.LMS)), InputFormat.AUTO, None, False)
+@example((Platform.CALL_LOGIC, _base(Platform.CALL_LOGIC)), InputFormat.JSON, None, True)
+@example((Platform.LMS, _base(Platform.CALL_LOGIC)), InputFormat.AUTO, None, False)  # call_tracking_pool_id
+@example(
+    (Platform.LMS, b'{"event_id":"e","trigger":"lead_sold","occurred_at":"x"}'), InputFormat.AUTO, None, False
+)
+def test_scoped_decoding_cuts_short_only_valid_events_outside_every_scope(
+    case: tuple[Platform, bytes], input_format: InputFormat, headers: Any, in_scope: bool
+) -> None:
+    """``decode_scoped`` gives the reference path's error for every invalid record (never asking
+    about its scope), the reference event when a rule may match it, and, for a valid event no rule
+    can match, its trigger: asked with the reference event's own platform, trigger, product and
+    campaign."""
+    platform, value = case
+    asked: list[tuple[Any, ...]] = []
+
+    def scope(*args: Any) -> bool:
+        asked.append(args)
+        return in_scope
+
+    reference = outcome(REFERENCE[input_format].decode, platform, value, headers)
+    scoped = outcome(lambda *args: FAST[input_format].decode_scoped(*args, scope), platform, value, headers)
+    if reference[0] != "event":
+        assert scoped == reference
+        assert asked == []
+        event("error")
+        return
+    expected = REFERENCE[input_format].decode(platform, value, headers)
+    assert asked in ([], [(platform, expected.trigger, expected.product_id, expected.campaign_id)])
+    if scoped[0] == "trigger":
+        assert not in_scope
+        assert asked
+        assert scoped[1] == expected.trigger
+    else:
+        assert scoped == reference
+        assert in_scope or not asked  # built when in scope, or when the fast path declined the record
+    event(scoped[0])
+
+
+def test_scoped_decoding_of_the_usual_record() -> None:
+    """The usual record is cut short when no rule can match it and built in full when one may."""
+    value = encode_json(make_event(Platform.LMS, "lead_sold", product_id="p-1", campaign_id="c-1"))
+    asked: list[tuple[Any, ...]] = []
+    assert FAST[InputFormat.AUTO].decode_scoped(Platform.LMS, value, None, lambda *a: asked.append(a)) == (
+        "lead_sold"
+    )
+    assert asked == [(Platform.LMS, "lead_sold", "p-1", "c-1")]
+    built = FAST[InputFormat.AUTO].decode_scoped(Platform.LMS, value, None, lambda *a: True)
+    assert isinstance(built, Event)
+    assert snapshot(built) == snapshot(REFERENCE[InputFormat.AUTO].decode(Platform.LMS, value))

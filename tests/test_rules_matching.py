@@ -275,3 +275,17 @@ def test_index_agrees_with_the_reference(data: st.DataObject) -> None:
         assert len(found) == len(set(found))
         assert set(found) == expected
         assert {c.rule_id for c in index if c.matches(event)} == expected
+        # in_scope: exactly whether an enabled rule has the event's platform, trigger and scope (so a
+        # false one means no match, whatever the filters)
+        scoped = {
+            r.id
+            for r in rules
+            if r.enabled
+            and r.platform == event.platform
+            and event.trigger in r.triggers
+            and (event.product_id if r.level == "product" else event.campaign_id) == r.scope[1]
+        }
+        assert index.in_scope(event.platform, event.trigger, event.product_id, event.campaign_id) == bool(
+            scoped
+        )
+        assert expected <= scoped

@@ -117,6 +117,24 @@ class EventDecoder:
             + ("" if self.input_format is InputFormat.AUTO else f" (input format {self.input_format.value})")
         )
 
+    def decode_scoped(
+        self, platform: Platform, value: bytes | None, headers: Headers, in_scope: fastpath.ScopeTest
+    ) -> Event | str:
+        """As ``decode(..., fetch=False)``, except that a valid JSON record whose event no rule can
+        match (``in_scope`` false for its platform, trigger, product and campaign) may come back as its
+        trigger alone, the event not built: the fast path checks the whole record before it asks, so a
+        record that is not a valid event still raises its error (the DLQ reason). Every other record
+        (Avro, the wire format, what the fast path declines) is decoded in full, as by ``decode``."""
+        if (
+            self._json is _decode_json
+            and value is not None
+            and value[:1] == b"{"  # decode() reads such a record as JSON, whatever its headers
+            and len(value) <= MAX_RECORD_BYTES
+        ):
+            found = fastpath.decode_json_scoped(platform, value, in_scope)
+            return decode_json_reference(platform, value) if found is None else found
+        return self.decode(platform, value, headers, fetch=False)
+
     def _from_wire(self, platform: Platform, value: bytes, fetch: bool, writer: Any) -> Event:
         schema_id, body = split_wire(value)
         if self._writer_schema is None:

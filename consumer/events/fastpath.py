@@ -11,6 +11,7 @@ goes through pydantic's own datetime validator. ``tests/test_decoder_equivalence
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import compress
 from operator import is_
@@ -24,6 +25,8 @@ from consumer.events.model import MAX_DATA_ENTRIES, MAX_FIELD_CHARS, Event
 from consumer.events.triggers import CALL_LOGIC_TRIGGERS, LMS_TRIGGERS, Platform
 
 _Text = Annotated[str, Meta(max_length=MAX_FIELD_CHARS)]
+#: ``(platform, trigger, product_id, campaign_id) -> bool``: whether a rule may match such an event.
+ScopeTest = Callable[[Platform, str, str | None, str | None], bool]
 _Optional = _Text | UnsetType | None
 
 
@@ -92,9 +95,38 @@ def from_record(platform: Platform, record: dict[str, Any]) -> Event | None:
     return from_wire(platform, wire, exact=False)
 
 
+def decode_json_scoped(platform: Platform, value: bytes, in_scope: ScopeTest) -> Event | str | None:
+    """As :func:`decode_json`, except that a valid event for which ``in_scope(platform, trigger,
+    product_id, campaign_id)`` is false comes back as its trigger alone, the event not built: the
+    record is checked in full first, so only an event the reference path would accept is cut short."""
+    try:
+        wire = _JSON.decode(value)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    occurred_at = _checked(platform, wire, exact=True)
+    if occurred_at is None:
+        return None
+    product_id, campaign_id = wire.product_id, wire.campaign_id
+    if not in_scope(
+        platform,
+        wire.trigger,
+        None if product_id is UNSET else product_id,
+        None if campaign_id is UNSET else campaign_id,
+    ):
+        return wire.trigger
+    return _event(platform, wire, occurred_at)
+
+
 def from_wire(platform: Platform, wire: WireEvent, *, exact: bool) -> Event | None:
     """The event of checked wire fields, or None. ``exact``: every str is a plain ``str`` (JSON);
     else str subclasses (records built in Python) are left to the reference path."""
+    occurred_at = _checked(platform, wire, exact=exact)
+    return None if occurred_at is None else _event(platform, wire, occurred_at)
+
+
+def _checked(platform: Platform, wire: WireEvent, *, exact: bool) -> datetime | None:
+    """The event's timestamp when the wire fields make a valid event, else None (the reference path
+    decides)."""
     if wire.trigger not in _TRIGGERS[platform] or wire.platform is not UNSET:
         return None
     if platform is _LMS and wire.call_tracking_pool_id.__class__ is str:
@@ -105,11 +137,16 @@ def from_wire(platform: Platform, wire: WireEvent, *, exact: bool) -> Event | No
     if not exact and not _plain(wire):
         return None
     try:
-        occurred_at = _validate_datetime(wire.occurred_at)
+        occurred_at: datetime = _validate_datetime(wire.occurred_at)
     except (ValidationError, RecursionError):
         return None
     if occurred_at.tzinfo is None:
         occurred_at = occurred_at.replace(tzinfo=UTC)
+    return occurred_at
+
+
+def _event(platform: Platform, wire: WireEvent, occurred_at: datetime) -> Event:
+    """The event of wire fields that :func:`_checked` accepted, built without validating again."""
     values: dict[str, Any] = _asdict(wire)  # every field, in the model's order
     values["platform"] = platform
     values["occurred_at"] = occurred_at

@@ -61,6 +61,12 @@ class MatchedRule(Protocol):
 class Rules(Protocol):
     def match(self, event: Event) -> Sequence[Any]: ...
 
+    def in_scope(
+        self, platform: Platform, trigger: str, product_id: str | None, campaign_id: str | None
+    ) -> bool:
+        """False only when ``match`` of every such event is empty, whatever its other fields."""
+        ...
+
     def get(self, rule_id: str) -> Any | None: ...
 
 
@@ -105,13 +111,18 @@ class RecordProcessor:
         writer schema's fetch from the Schema Registry, which never runs on the event loop). Same
         effects as :meth:`process_event`, without a task for the records that match nothing."""
         platform = self.platforms[topic]
+        rules = self.rules()
         try:
-            event = self.decoder.decode(platform, msg.value(), headers_of(msg), fetch=False)
+            # An event no rule can match is only checked, not built (most events, on most streams).
+            event = self.decoder.decode_scoped(platform, msg.value(), headers_of(msg), rules.in_scope)
         except SchemaFetchNeeded as need:
             return self._process_decoded(msg, platform, self._decode_fetched(platform, msg, need.schema_id))
         except CodecError as exc:
             return self._rejected(msg, platform, exc)
-        matched = self._match(platform, event)
+        if isinstance(event, str):  # its trigger: a valid event outside every rule's scope
+            self._count(platform, event)
+            return None
+        matched = self._match(platform, event, rules)
         if not matched:
             return None
         return self._deliver_matched(msg, event, matched)
@@ -134,9 +145,18 @@ class RecordProcessor:
         if matched:
             await self._deliver_matched(msg, event, matched)
 
-    def _match(self, platform: Platform, event: Event) -> Sequence[Any]:
-        """The rules the event triggers, counted in the consumed and matched metrics."""
-        key = (platform, event.trigger)
+    def _match(self, platform: Platform, event: Event, rules: Rules | None = None) -> Sequence[Any]:
+        """The rules the event triggers (of ``rules``, else the current ones), counted in the
+        consumed and matched metrics."""
+        self._count(platform, event.trigger)
+        matched = (self.rules() if rules is None else rules).match(event)
+        if matched:
+            child(RULES_MATCHED, platform.value, event.trigger).inc(len(matched))
+        return matched
+
+    def _count(self, platform: Platform, trigger: str) -> None:
+        """One event of ``trigger`` consumed."""
+        key = (platform, trigger)
         # The consumed counter: on the event loop the counts of a batch of records are added once,
         # by a callback that runs right after the batch (the counter's lock costs as much as
         # matching an event); off it (no batch to join, nor to touch from another thread), at once.
@@ -149,10 +169,6 @@ class RecordProcessor:
             if not uncounted:
                 loop.call_soon(self._add_uncounted)
             uncounted[key] = uncounted.get(key, 0) + 1
-        matched = self.rules().match(event)
-        if matched:
-            child(RULES_MATCHED, platform.value, key[1]).inc(len(matched))
-        return matched
 
     def _add_uncounted(self) -> None:
         uncounted, self._uncounted = self._uncounted, {}

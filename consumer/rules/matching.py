@@ -331,6 +331,20 @@ class RuleIndex:
                     out.append(rule)
         return out
 
+    def in_scope(
+        self, platform: Platform, trigger: str, product_id: str | None, campaign_id: str | None
+    ) -> bool:
+        """Whether an enabled rule of this platform and trigger has the product or the campaign as its
+        scope. When not, :meth:`match` of every such event is empty, whatever its other fields: the
+        pipeline then does not build the event (``EventDecoder.decode_scoped``)."""
+        by_trigger = self._tree.get(platform)
+        if not by_trigger:
+            return False
+        products, campaigns = by_trigger.get(trigger, _NO_SCOPES)
+        return (product_id is not None and product_id in products) or (
+            campaign_id is not None and campaign_id in campaigns
+        )
+
     def get(self, rule_id: str) -> CompiledRule | None:
         """The enabled rule with this id (None when absent or disabled)."""
         rule = self._rules.get(rule_id)
