@@ -15,11 +15,12 @@ a price filter. Matching never mutates an index, never raises for a valid event,
 
 from __future__ import annotations
 
-import operator
+import functools
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from consumer.events.model import Event
 from consumer.events.triggers import Platform
@@ -30,7 +31,6 @@ from consumer.rules.model import (
     Action,
     Filters,
     PriceAboveZero,
-    PriceCompare,
     PriceRange,
     Rule,
     Warnings,
@@ -150,25 +150,70 @@ def compile_rule(rule: Rule, version: str | None = None, record_offset: int | No
 
 
 def compile_filters(filters: Filters) -> Predicate | None:
-    """One closure testing every filter, or None when there are none."""
-    checks: list[Predicate] = []
+    """One function testing every filter, or None when there are none.
+
+    The filters become one expression (``event.method == v0 and event.buyer_id in v1 and ...``),
+    compiled once per shape of filters (which checks, in which order) and bound to each rule's values
+    (:func:`_predicate`): one call per rule and event, no call per check. Only fixed field names and
+    operators go into the expression; a rule's values are bound, never written into it."""
+    terms: list[str] = []
+    values: list[Any] = []
+
+    def term(template: str, *bound: Any) -> None:
+        names = [f"v{len(values) + n}" for n in range(len(bound))]
+        terms.append(template.format(*names))
+        values.extend(bound)
+
     if filters.method is not None:
-        checks.append(_equals("method", filters.method.value))
+        term("event.method == {}", filters.method.value)
     if filters.tracking_strategy is not None:
-        checks.append(_equals("tracking_strategy", filters.tracking_strategy.event_value))
+        term("event.tracking_strategy == {}", filters.tracking_strategy.event_value)
     for name, attribute in ID_FILTER_FIELDS.items():
         id_filter = getattr(filters, name)
         if id_filter is None:
             continue
-        if id_filter.include:
-            checks.append(_member(attribute, _values(id_filter.include)))
-        if id_filter.exclude:
-            checks.append(_not_member(attribute, _values(id_filter.exclude)))
+        if id_filter.include:  # None is never in the set
+            term(f"event.{_field(attribute)} in {{}}", _values(id_filter.include))
+        if id_filter.exclude:  # None is never excluded
+            term(f"event.{_field(attribute)} not in {{}}", _values(id_filter.exclude))
     if filters.call_tracking_pools is not None and filters.call_tracking_pools.include:
-        checks.append(_member("call_tracking_pool_id", _values(filters.call_tracking_pools.include)))
+        term("event.call_tracking_pool_id in {}", _values(filters.call_tracking_pools.include))
     if filters.price is not None:
-        checks.append(_price(filters.price))
-    return _all(checks)
+        restriction = filters.price
+        if isinstance(restriction, PriceRange):
+            term("(event.price is not None and {} <= event.price <= {})", restriction.min, restriction.max)
+        elif isinstance(restriction, PriceAboveZero):
+            term("(event.price is not None and event.price > 0)")
+        else:
+            term(
+                f"(event.price is not None and event.price {_COMPARE[restriction.op]} {{}})",
+                restriction.value,
+            )
+    if not terms:
+        return None
+    return _predicate(tuple(terms), len(values))(*values)
+
+
+_COMPARE = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_EVENT_FIELDS = frozenset(Event.model_fields)
+
+
+def _field(attribute: str) -> str:
+    if attribute not in _EVENT_FIELDS:  # only the model's own field names are written into code
+        raise ValueError(f"not an event field: {attribute!r}")
+    return attribute
+
+
+@functools.cache
+def _predicate(terms: tuple[str, ...], count: int) -> Callable[..., Predicate]:
+    """A factory of predicates of one shape: called with the ``count`` values ``v0, v1, ...`` the
+    terms use, it gives ``lambda event: term0 and term1 and ...`` (each a bool, so is the result)."""
+    names = ", ".join(f"v{n}" for n in range(count))
+    source = f"def factory({names}):\n    return lambda event: {' and '.join(terms)}\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<eventmail filters>", "exec"), {}, namespace)  # noqa: S102 - fixed names only
+    factory: Callable[..., Predicate] = namespace["factory"]
+    return factory
 
 
 #: Trigger sets are few (combinations of a platform's triggers): one object each, not one per rule.
@@ -190,87 +235,6 @@ def _values(values: Iterable[str]) -> frozenset[str]:
     if len(_VALUE_SETS) >= _VALUE_SETS_MAX:
         _VALUE_SETS.clear()
     return _VALUE_SETS.setdefault(found, found)
-
-
-def _all(checks: list[Predicate]) -> Predicate | None:
-    """One closure calling every check in turn (not a chain of nested closures: fewer calls)."""
-    return _conjunction(checks) if checks else None
-
-
-def _conjunction(checks: list[Predicate]) -> Predicate:
-    if len(checks) == 1:
-        return checks[0]
-    if len(checks) == 2:
-        a, b = checks
-        return lambda event: a(event) and b(event)
-    if len(checks) == 3:
-        a, b, c = checks
-        return lambda event: a(event) and b(event) and c(event)
-    if len(checks) == 4:
-        a, b, c, d = checks
-        return lambda event: a(event) and b(event) and c(event) and d(event)
-    first, rest = _conjunction(checks[:4]), _conjunction(checks[4:])
-    return lambda event: first(event) and rest(event)
-
-
-# The checks of the event fields filters look at, each reading its field directly: one closure cell
-# (the value or the set) per check, no attribute getter object per check, one call fewer per test.
-_EQUALS: dict[str, Callable[[str], Predicate]] = {
-    "method": lambda wanted: lambda event: event.method == wanted,
-    "tracking_strategy": lambda wanted: lambda event: event.tracking_strategy == wanted,
-}
-_MEMBER: dict[str, Callable[[frozenset[str]], Predicate]] = {
-    "publisher_id": lambda values: lambda event: event.publisher_id in values,
-    "channel_id": lambda values: lambda event: event.channel_id in values,
-    "source_id": lambda values: lambda event: event.source_id in values,
-    "buyer_id": lambda values: lambda event: event.buyer_id in values,
-    "campaign_id": lambda values: lambda event: event.campaign_id in values,
-    "pingtree_id": lambda values: lambda event: event.pingtree_id in values,
-    "call_tracking_pool_id": lambda values: lambda event: event.call_tracking_pool_id in values,
-}
-_NOT_MEMBER: dict[str, Callable[[frozenset[str]], Predicate]] = {
-    "publisher_id": lambda values: lambda event: event.publisher_id not in values,
-    "channel_id": lambda values: lambda event: event.channel_id not in values,
-    "source_id": lambda values: lambda event: event.source_id not in values,
-    "buyer_id": lambda values: lambda event: event.buyer_id not in values,
-    "campaign_id": lambda values: lambda event: event.campaign_id not in values,
-    "pingtree_id": lambda values: lambda event: event.pingtree_id not in values,
-}
-
-
-def _equals(attribute: str, wanted: str) -> Predicate:
-    specific = _EQUALS.get(attribute)
-    if specific is not None:
-        return specific(wanted)
-    get = operator.attrgetter(attribute)
-    return lambda event: bool(get(event) == wanted)
-
-
-def _member(attribute: str, values: frozenset[str]) -> Predicate:
-    specific = _MEMBER.get(attribute)
-    if specific is not None:
-        return specific(values)  # None is never in the set
-    get = operator.attrgetter(attribute)
-    return lambda event: get(event) in values
-
-
-def _not_member(attribute: str, values: frozenset[str]) -> Predicate:
-    specific = _NOT_MEMBER.get(attribute)
-    if specific is not None:
-        return specific(values)  # None is never excluded
-    get = operator.attrgetter(attribute)
-    return lambda event: get(event) not in values
-
-
-def _price(restriction: PriceAboveZero | PriceCompare | PriceRange) -> Predicate:
-    if isinstance(restriction, PriceRange):
-        low, high = restriction.min, restriction.max
-        return lambda event: event.price is not None and low <= event.price <= high
-    if isinstance(restriction, PriceAboveZero):
-        return lambda event: event.price is not None and event.price > 0
-    compare = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}[restriction.op]
-    value = restriction.value
-    return lambda event: event.price is not None and bool(compare(event.price, value))
 
 
 def _bucket_keys(rule: CompiledRule) -> Iterator[BucketKey]:
