@@ -324,9 +324,14 @@ def rss_mb(pid: int) -> tuple[float, float]:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far, from /proc/PID/stat."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return _stat_seconds(Path(f"/proc/{pid}/stat"))
     except OSError:
         return 0.0
+
+
+def _stat_seconds(stat: Path) -> float:
+    """User + system CPU seconds of a /proc ``stat`` file (a process's or one thread's)."""
+    fields = stat.read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -336,7 +341,6 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     threads, named ``rdk:...``) and ``other`` (the rest: Python threads, which keep the process's name).
     Threads that ended meanwhile are not counted, so take the figures while the process runs."""
     out = {"main": 0.0, "librdkafka": 0.0, "other": 0.0}
-    tick = os.sysconf("SC_CLK_TCK")
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
@@ -344,11 +348,11 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     for task in tasks:
         try:
             name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            seconds = _stat_seconds(task / "stat")
         except OSError:  # the thread ended meanwhile
             continue
         group = "main" if task.name == str(pid) else "librdkafka" if name.startswith("rdk:") else "other"
-        out[group] += (int(fields[11]) + int(fields[12])) / tick
+        out[group] += seconds
     return out
 
 
