@@ -116,9 +116,15 @@ def _scenario(
                 kills += 1
                 replicas.start(who)
             done.append(f"{move}@{received()}")
-        wait_until(
-            lambda: received() >= count, 240, "every mail at the sink", running=list(replicas.procs.values())
-        )
+        try:
+            wait_until(
+                lambda: received() >= count,
+                240,
+                "every mail at the sink",
+                running=list(replicas.procs.values()),
+            )
+        except TimeoutError as exc:  # say how far it got, to tell a slow machine from a stall
+            raise TimeoutError(f"{exc}: {received()} of {count} mails, after the moves {done}") from None
         outcomes = wait_sent_outcomes(deployment, expected, timeout=120)
         seconds = time.monotonic() - started
         replicas.check_alive()
