@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +29,7 @@ from consumer.devtools.process import free_port
 from consumer.observability.metrics import ALERT_SEND_FAILURES, BILLABLE_EVENTS
 from consumer.outcomes.codec import decode_alert, encode_outcome
 from consumer.outcomes.model import Alert, AlertKind, Outcome, OutcomeStatus, SourcePosition
+from consumer.rules import store as store_module
 from consumer.settings import Settings
 from tests.support.kafka import LocalBroker, TopicFactory, consume_all, produce, unique_name
 from tests.support.smtp import SMTPServerFactory, SMTPTestServer
@@ -659,3 +661,151 @@ async def test_a_replica_stopped_while_retrying_the_brokers_stops_cleanly(
     await replica.close()  # raises on a crash or a fatal error
     assert time.monotonic() - started < 15  # the retry ends at once, not after its 120 s limit
     assert not aggregator.ready
+
+
+def rules_consumer(*, metadata_error: threading.Event, consume_error: threading.Event) -> type[Consumer]:
+    """A real consumer for the rule store that, while told to, answers the rules topic's metadata
+    with an error (as a broker restarting does for a while), or fails in ``consume``."""
+
+    class RulesConsumer(Consumer):
+        bad_answers = 0
+
+        def list_topics(self, topic: str | None = None, *args: Any, **kwargs: Any) -> Any:
+            metadata = super().list_topics(topic, *args, **kwargs)
+            if topic is not None and metadata_error.is_set():
+                type(self).bad_answers += 1
+                found = metadata.topics[topic]
+                found.error = KafkaError(KafkaError.LEADER_NOT_AVAILABLE, "injected: leader not available")
+                found.partitions = {}
+            return metadata
+
+        def consume(self, *args: Any, **kwargs: Any) -> Any:
+            if consume_error.is_set():
+                raise RuntimeError("injected: the rule store's consumer broke")
+            return super().consume(*args, **kwargs)
+
+    return RulesConsumer
+
+
+async def until_answer(
+    port: int, path: str, condition: Any, what: str, timeout: float = 45.0
+) -> tuple[int, dict[str, Any]]:
+    """The first answer of ``path`` that ``condition`` holds for; fails naming ``what`` and the last."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = await asyncio.to_thread(http_get, port, path)
+        if condition(answer):
+            return answer
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: last {path} {answer}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def service_with_rule_store(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, topic_factory: TopicFactory
+) -> tuple[Settings, int, type[Consumer], threading.Event, threading.Event]:
+    """Settings of ``eventmail aggregate`` reading its warnings from a rules topic (the rule store),
+    its HTTP port, and the store's consumer class with its two injected faults."""
+    metadata_error, consume_error = threading.Event(), threading.Event()
+    consumer_class = rules_consumer(metadata_error=metadata_error, consume_error=consume_error)
+    monkeypatch.setattr(store_module, "Consumer", consumer_class)
+    monkeypatch.setattr(store_module, "_PARTITION_CHECK_SECONDS", 0.1)
+    port = free_port()
+    harness.extra["http"] = {"host": "127.0.0.1", "port": port}
+    rules = topic_factory("rules", compacted=True)
+    harness.extra["topics"] = {"outcomes": harness.outcomes, "alerts": harness.alerts, "rules": rules}
+    return harness.settings(), port, consumer_class, metadata_error, consume_error
+
+
+async def test_a_failed_check_for_new_rule_partitions_leaves_the_service_healthy(
+    service_with_rule_store: tuple[Settings, int, type[Consumer], threading.Event, threading.Event],
+) -> None:
+    """A soak found /healthz failing for good after one broker restart: the rule store's check for
+    new partitions of the rules topic (every 30 s) met the metadata error a restarting broker answers
+    for a while, and kept it as the store's failure while the store went on following the topic."""
+    settings, port, consumer_class, metadata_error, _ = service_with_rule_store
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_aggregator(settings, stop))
+    try:
+        await until_answer(port, "/readyz", lambda a: a[0] == 200, "the service to be ready")
+        metadata_error.set()
+        started = consumer_class.bad_answers
+        deadline = time.monotonic() + 45
+        while consumer_class.bad_answers < started + 3:  # three checks met the error
+            assert time.monotonic() < deadline, "the rule store stopped checking for new partitions"
+            await asyncio.sleep(0.05)
+        code, body = await asyncio.to_thread(http_get, port, "/healthz")
+        assert (code, body.get("rules")) == (200, True), body
+        metadata_error.clear()
+        assert (await asyncio.to_thread(http_get, port, "/healthz"))[0] == 200
+        assert not task.done()
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def test_a_rule_store_that_stopped_fails_healthz(
+    service_with_rule_store: tuple[Settings, int, type[Consumer], threading.Event, threading.Event],
+) -> None:
+    """The store's thread stopping on an error leaves the service without rule changes: not healthy
+    (a restart reads the topic again), and /healthz says why."""
+    settings, port, _, _, consume_error = service_with_rule_store
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_aggregator(settings, stop))
+    try:
+        await until_answer(port, "/healthz", lambda a: a[0] == 200, "the service to be healthy")
+        consume_error.set()
+        _, body = await until_answer(port, "/healthz", lambda a: a[0] == 503, "/healthz to fail")
+        assert body["rules"] is False, body
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+def blocking_sync_commits(release: threading.Event) -> type[Consumer]:
+    """A real consumer whose synchronous commits wait until ``release``, as librdkafka's wait for a
+    group coordinator does while a broker restarts (or longer: a soak saw the loop stop for good)."""
+
+    class BlockingCommits(Consumer):
+        blocked = 0
+
+        def commit(self, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("asynchronous") is False and not release.is_set():
+                type(self).blocked += 1
+                release.wait(120)
+            return super().commit(*args, **kwargs)
+
+    return BlockingCommits
+
+
+async def test_the_loop_goes_on_while_no_commit_is_answered(
+    harness: Harness, smtp: tuple[SMTPTestServer, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    consumer_class = blocking_sync_commits(release)
+    monkeypatch.setattr(service, "Consumer", consumer_class)
+    harness.provider.configs["r-commit"] = warn_config("r-commit", count=2)
+    try:
+        replica = await harness.start()
+        t0 = base_time()
+        harness.produce([record("r-commit", FAILED, t0 + timedelta(seconds=i)) for i in range(3)])
+        await wait_for(lambda: len(smtp[0].messages) == 1, "the alert while commits are not answered")
+        await harness.settled()
+        ends = high_watermarks(harness.bootstrap, harness.outcomes)
+        group = aggregator_group(harness.settings())
+
+        def committed_to_the_end() -> bool:
+            reader = Consumer({"bootstrap.servers": harness.bootstrap, "group.id": group})
+            try:
+                asked = [TopicPartition(harness.outcomes, p) for p in ends]
+                done = {tp.partition: tp.offset for tp in reader.committed(asked, timeout=10)}
+            finally:
+                reader.close()
+            return all(done.get(p, -1) >= end for p, end in ends.items() if end > 0)
+
+        await wait_for(committed_to_the_end, "the periodic commits to reach the end")
+        assert consumer_class.blocked == 0, "the loop waited on a synchronous commit"
+        ok, details = replica.aggregator.healthy(stale_after=5.0)
+        assert ok, details
+    finally:
+        release.set()  # the commit at the stop waits for its answer, as it should

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from consumer.devtools.process import free_port
+from consumer.pipeline.runner import run_service
+from consumer.rules import store as store_module
+from consumer.settings import load_settings
 from tests.factories import make_event
 from tests.pipeline_support import apply_rules, esp_env, publish, rule_doc
 from tests.support.kafka import TopicFactory
 from tests.support.service import ROOT, Deployment, ServiceProcess
 from tests.support.smtp import SMTPServerFactory
+from tests.test_aggregator_service import http_get, rules_consumer
 
 
 def test_not_ready_until_the_rules_topic_can_be_read(
@@ -117,3 +127,51 @@ def test_a_bad_setting_fails_at_start_with_one_line() -> None:
         "eventmail: EVENTMAIL_PIPELINE__MAX_IN_FLIGHT: Input should be a valid integer, "
         "unable to parse string as an integer"
     ]
+
+
+def test_a_rule_store_that_stopped_fails_healthz(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    smtp_server_factory: SMTPServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica whose rule store stopped goes on mailing with the rules it had and never sees a
+    change: not healthy, so that it is restarted, and /healthz says why."""
+    metadata_error, consume_error = threading.Event(), threading.Event()
+    monkeypatch.setattr(
+        store_module, "Consumer", rules_consumer(metadata_error=metadata_error, consume_error=consume_error)
+    )
+    deployment = Deployment.create(kafka_bootstrap, topic_factory, partitions=1)
+    port = free_port()
+    env = esp_env(deployment, {"default": smtp_server_factory("plain")})
+    for name, value in {**env, "EVENTMAIL_HTTP__PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    stop = asyncio.Event()
+    answers: list[tuple[int, dict[str, Any]]] = []
+    problems: list[BaseException] = []
+
+    def until(status: int, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not answers or answers[-1][0] != status:
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: last {answers[-1:]}"
+            time.sleep(0.1)
+            answers.append(http_get(port, "/healthz"))
+
+    def probe(loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            until(200, "the service to be healthy")
+            consume_error.set()
+            until(503, "/healthz to fail")
+        except BaseException as exc:  # raised by the test below
+            problems.append(exc)
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+
+    async def service() -> int:  # the service owns its loop (it cancels what is left at its stop)
+        threading.Thread(target=probe, args=(asyncio.get_running_loop(),), daemon=True).start()
+        return await run_service(load_settings(), stop)
+
+    asyncio.run(service())
+    if problems:
+        raise problems[0]
+    assert answers[-1][1]["rules"] is False, answers[-1]

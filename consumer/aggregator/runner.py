@@ -71,7 +71,7 @@ async def run_aggregator(
     def healthy() -> tuple[bool, dict[str, object]]:
         ok, details = aggregator.healthy()
         loop_ok = time.monotonic() - beat["loop"] < 30
-        rules_ok = store is None or store.failure is None or not store.ready
+        rules_ok = store is None or store.stopped is None  # stopped: no rule change is followed
         return ok and loop_ok and rules_ok, {**details, "rules": rules_ok}
 
     def ready() -> tuple[bool, dict[str, object]]:

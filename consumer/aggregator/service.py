@@ -46,7 +46,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from consumer.aggregator.config import WarningsProvider
 from consumer.aggregator.decisions import DecisionLog
@@ -141,6 +149,7 @@ class Aggregator:
                     "heartbeat.interval.ms": 1000,
                     "statistics.interval.ms": 5000,
                     "error_cb": self._on_error,
+                    "on_commit": self._on_commit,
                     "stats_cb": self._on_stats,
                 }
             )
@@ -340,12 +349,9 @@ class Aggregator:
     def _commit(
         self, keys: set[int] | None, consumer: Consumer | None = None, give_up_after: float = 5.0
     ) -> None:
+        """Commit and wait for the answer: when partitions are handed over and at the stop."""
         client = consumer or self.consumer
-        offsets = [
-            TopicPartition(self.topic, p, run.committable())
-            for p, run in list(self.parts.items())
-            if keys is None or p in keys
-        ]
+        offsets = self._committable(keys)
         if not offsets:
             return
         try:
@@ -354,6 +360,29 @@ class Aggregator:
             )
         except Exception as exc:
             log.warning("commit failed; will retry", extra={"error": str(exc)})
+
+    def _commit_in_background(self) -> None:
+        """The periodic commit, asynchronous: the loop never waits for the group coordinator (a
+        synchronous commit waits for one as long as a broker restart lasts, or longer)."""
+        offsets = self._committable(None)
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.warning("commit failed; will retry", extra={"error": str(exc)})
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if error is not None and error.code() != KafkaError._NO_OFFSET:
+            KAFKA_ERRORS.labels(code=error.name()).inc()
+            log.warning("commit failed; will retry", extra={"error": error.str()})
+
+    def _committable(self, keys: set[int] | None) -> list[TopicPartition]:
+        return [
+            TopicPartition(self.topic, p, run.committable())
+            for p, run in list(self.parts.items())
+            if keys is None or p in keys
+        ]
 
     # --- the loop --------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -390,7 +419,7 @@ class Aggregator:
                     self.update_gauges()
                     last_gauges = now
                 if now - last_commit >= self.commit_interval:
-                    await asyncio.to_thread(self._commit, None)
+                    self._commit_in_background()
                     last_commit = now
         finally:
             await self.settle(None)

@@ -78,8 +78,9 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
     def healthy() -> tuple[bool, dict[str, object]]:
         loop_ok = time.monotonic() - beat["loop"] < 30
         source_ok = source.alive()
-        details = {"loop": loop_ok, "source": source_ok, **source.group.details()}
-        return loop_ok and source_ok and not fatal, details
+        rules_ok = store.stopped is None  # a store that stopped follows no rule change: restart
+        details = {"loop": loop_ok, "source": source_ok, "rules": rules_ok, **source.group.details()}
+        return loop_ok and source_ok and rules_ok and not fatal, details
 
     def ready() -> tuple[bool, dict[str, object]]:
         details: dict[str, object] = {

@@ -98,7 +98,10 @@ class RuleStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._partitions: set[int] = set()
+        #: Why the topic cannot be read yet (cleared once it is assigned), or why the thread stopped.
         self.failure: str | None = None
+        #: Set when the store's thread stopped on an error: its rules are no longer followed.
+        self.stopped: str | None = None
         self.calls = BrokerCalls(give_up_after=30.0, stop=self._stop)
 
     # --- what owners use --------------------------------------------------------------------------------
@@ -166,25 +169,24 @@ class RuleStore:
                     self._follow_new_partitions(consumer)
         except RetryStopped:
             return  # closed while the brokers were being retried
-        except Exception as exc:  # the service's readiness shows it; the loop must not die silently
-            self.failure = f"rule store stopped: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # the service's health shows it; the loop must not die silently
+            self.failure = self.stopped = f"rule store stopped: {type(exc).__name__}: {exc}"
             log.exception("rule store stopped", extra={"topic": self.topic})
         finally:
             consumer.close()
 
-    def _partitions_of(self, consumer: Consumer) -> list[int] | None:
+    def _partitions_of(self, consumer: Consumer) -> list[int] | str:
+        """The topic's partitions, or why they cannot be read (a sentence naming the topic)."""
         try:
             metadata = self.calls.call(
                 "rules topic metadata", lambda: consumer.list_topics(self.topic, timeout=5)
             ).topics.get(self.topic)
         except KafkaException as exc:
-            self.failure = f"cannot read the metadata of {self.topic}: {exc}"
-            return None
+            return f"cannot read the metadata of {self.topic}: {exc}"
         if metadata is None or metadata.error is not None or not metadata.partitions:
             # Not allowed is not missing: the reason names the permission when that is it.
             error = metadata.error if metadata is not None else None
-            self.failure = topic_problem(self.topic, error, "rules topic", need="READ")
-            return None
+            return topic_problem(self.topic, error, "rules topic", need="READ")
         return sorted(metadata.partitions)
 
     def _assign(self, consumer: Consumer, retry: bool) -> dict[int, int] | None:
@@ -206,7 +208,8 @@ class RuleStore:
 
     def _try_assign(self, consumer: Consumer) -> dict[int, int] | None:
         partitions = self._partitions_of(consumer)
-        if partitions is None:
+        if isinstance(partitions, str):
+            self.failure = partitions
             return None
         ends: dict[int, int] = {}
         try:
@@ -326,8 +329,17 @@ class RuleStore:
                 log.exception("rule error callback failed", extra={"rule_id": error.rule_id})
 
     def _follow_new_partitions(self, consumer: Consumer) -> None:
+        """Assign partitions added to the topic since the last check. A check that fails (a broker
+        restarting answers a topic's metadata with an error for a while) is not a failure of the
+        store, which goes on reading the partitions it has: it is logged and made again later."""
         partitions = self._partitions_of(consumer)
-        new = sorted(set(partitions or ()) - self._partitions)
+        if isinstance(partitions, str):
+            log.warning(
+                "rules topic: cannot check for new partitions; checking again later",
+                extra={"error": partitions, "topic": self.topic},
+            )
+            return
+        new = sorted(set(partitions) - self._partitions)
         if new:
             consumer.incremental_assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in new])
             self._partitions.update(new)
