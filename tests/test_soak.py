@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -266,6 +268,16 @@ class Chaos:
         self.log.append(f"{at:.0f}s:{kind}")
 
 
+def stacks_of(proc: ServiceProcess) -> str:
+    """Every thread's stack of a running service (py-spy, a dev dependency), to tell where it waits."""
+    pid = proc.proc.pid if proc.proc is not None else None
+    spy = Path(sys.executable).with_name("py-spy")
+    if pid is None or not spy.exists():
+        return "(no stacks: py-spy or the process is missing)"
+    done = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+    return done.stdout + done.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(int(SECONDS) + 1500)
 def test_soak_of_every_fault_at_random(
@@ -319,6 +331,7 @@ def test_soak_of_every_fault_at_random(
 
     chaos = Chaos(rng, replicas, local_broker, server, schema_registry, say)
     started = time.monotonic()
+    last_health: tuple[int, str] = (200, "")
     try:
         rss.thread.start()
         stream.thread.start()
@@ -326,6 +339,13 @@ def test_soak_of_every_fault_at_random(
             chaos.pause.wait(rng.uniform(2, 8))
             replicas.check_alive()
             alive(aggregator)
+            try:
+                health = aggregator.get("/healthz")
+            except OSError as exc:  # not answering yet (start) or too slow to answer: also a change
+                health = (0, str(exc))
+            if health[0] != last_health[0]:  # each change of the aggregator's health, for the record
+                say(f"[{time.monotonic() - started:5.0f}s] aggregator /healthz {health[0]}: {health[1]}")
+                last_health = health
             if time.monotonic() - started < SECONDS:
                 chaos.step(started)
         stream.stop.set()
@@ -360,7 +380,8 @@ def test_soak_of_every_fault_at_random(
         seconds = time.monotonic() - started
         for proc in [*replicas.procs.values(), aggregator]:
             alive(proc)
-        assert aggregator.get("/healthz")[0] == 200, aggregator.tail()
+        status, body = aggregator.get("/healthz")
+        assert status == 200, f"/healthz {status}: {body}\n{stacks_of(aggregator)}\n{aggregator.tail()}"
         rss.stop.set()
         rss.thread.join(10)
         replicas.terminate_all()
