@@ -303,6 +303,33 @@ def alive(service: ServiceProcess) -> subprocess.Popen[bytes]:
     return process
 
 
+def stacks_of(service: ServiceProcess) -> str:
+    """Every thread's stack of a running service (py-spy, a dev dependency): where it waits."""
+    process = service.proc
+    spy = Path(sys.executable).with_name("py-spy")
+    if process is None or process.poll() is not None or not spy.exists():
+        return f"{service.name}: no stacks (not running, or no py-spy)"
+    done = subprocess.run(
+        [str(spy), "dump", "--pid", str(process.pid)], capture_output=True, text=True, timeout=60, check=False
+    )
+    return f"{service.name}:\n{done.stdout}{done.stderr}"
+
+
+def state_of(services: Iterable[ServiceProcess]) -> str:
+    """What each running service says of itself (/healthz, /readyz) and where its threads are: the
+    report of a wait that timed out, to tell a slow machine from a stall."""
+    lines: list[str] = []
+    for service in services:
+        for path in ("/healthz", "/readyz"):
+            try:
+                status, body = service.get(path)
+            except OSError as exc:
+                status, body = 0, str(exc)
+            lines.append(f"{service.name} {path} {status}: {body}")
+        lines.append(stacks_of(service))
+    return "\n".join(lines)
+
+
 def handles_signals(service: ServiceProcess, timeout: float = 60.0) -> None:
     """Wait until the service answers HTTP: its SIGTERM handler is installed before its HTTP server
     starts, so a SIGTERM from now on is a clean stop (before it, a process still importing on a busy

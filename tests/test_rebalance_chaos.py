@@ -39,6 +39,7 @@ from tests.chaos_support import (
     kill_windows,
     last_records,
     open_hanging_transaction,
+    state_of,
     wait_sent_outcomes,
     wait_until,
 )
@@ -124,7 +125,12 @@ def _scenario(
                 running=list(replicas.procs.values()),
             )
         except TimeoutError as exc:  # say how far it got, to tell a slow machine from a stall
-            raise TimeoutError(f"{exc}: {received()} of {count} mails, after the moves {done}") from None
+            topics = [deployment.topics["lms"], deployment.topics["call_logic"], deployment.topics["retry"]]
+            raise TimeoutError(
+                f"{exc}: {received()} of {count} mails, after the moves {done}; "
+                f"uncommitted {group_lag(kafka_bootstrap, deployment.group_id, topics)}\n"
+                f"{state_of(replicas.procs.values())}"
+            ) from None
         outcomes = wait_sent_outcomes(deployment, expected, timeout=120)
         seconds = time.monotonic() - started
         replicas.check_alive()

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -47,6 +45,7 @@ from tests.chaos_support import (
     group_lag,
     read_outcomes,
     read_topic,
+    stacks_of,
     wait_sent_outcomes,
     wait_until,
 )
@@ -266,16 +265,6 @@ class Chaos:
             self.registry.local.start()
         self.done[kind.split("x")[0]] += 1
         self.log.append(f"{at:.0f}s:{kind}")
-
-
-def stacks_of(proc: ServiceProcess) -> str:
-    """Every thread's stack of a running service (py-spy, a dev dependency), to tell where it waits."""
-    pid = proc.proc.pid if proc.proc is not None else None
-    spy = Path(sys.executable).with_name("py-spy")
-    if pid is None or not spy.exists():
-        return "(no stacks: py-spy or the process is missing)"
-    done = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
-    return done.stdout + done.stderr
 
 
 @pytest.mark.slow
