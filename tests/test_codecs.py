@@ -55,6 +55,8 @@ def test_json_detected_by_content_type_header_even_with_leading_space() -> None:
     event = make_event()
     value = b"  \n" + encode_json(event)
     assert EventDecoder().decode(Platform.LMS, value, [("content-type", b"application/json")]) == event
+    # the client may give headers as a mapping too
+    assert EventDecoder().decode(Platform.LMS, value, {"Content-Type": "application/json"}) == event
 
 
 @pytest.mark.parametrize(

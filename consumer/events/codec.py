@@ -9,7 +9,7 @@ raises :class:`CodecError`, which the pipeline turns into a DLQ record. Nothing 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -23,7 +23,8 @@ from consumer.events.model import Event
 from consumer.events.triggers import Platform
 from consumer.schemas import parsed_schema
 
-Headers = Sequence[tuple[str, bytes | str | None]] | None
+#: A record's headers as the Kafka client gives them: pairs (or a mapping), or None.
+Headers = Sequence[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None
 #: Resolves a schema id to the parsed writer schema (the Schema Registry, cached).
 WriterSchemaLookup = Callable[[int], Any]
 
@@ -47,7 +48,8 @@ class InputFormat(StrEnum):
 
 
 def _content_type(headers: Headers) -> str | None:
-    for key, value in headers or ():
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for key, value in pairs:
         if key.lower() == "content-type" and value is not None:
             return value.decode("latin-1") if isinstance(value, bytes) else value
     return None

@@ -34,7 +34,7 @@ from consumer.observability.metrics import (
 )
 from consumer.outcomes.codec import encode_outcome
 from consumer.outcomes.model import Outcome, OutcomeStatus, SourcePosition
-from consumer.pipeline.dlq import DeadLetterWriter, headers_of
+from consumer.pipeline.dlq import DeadLetterWriter
 from consumer.pipeline.handoff import RetryHandoff
 from consumer.pipeline.offsets import position
 from consumer.pipeline.outcome_writer import OutcomeWriter, source_header
@@ -114,7 +114,8 @@ class RecordProcessor:
         rules = self.rules()
         try:
             # An event no rule can match is only checked, not built (most events, on most streams).
-            event = self.decoder.decode_scoped(platform, msg.value(), headers_of(msg), rules.in_scope)
+            # (headers as the client gives them, a list of pairs or None: no copy per record)
+            event = self.decoder.decode_scoped(platform, msg.value(), msg.headers(), rules.in_scope)
         except SchemaFetchNeeded as need:
             return self._process_decoded(msg, platform, self._decode_fetched(platform, msg, need.schema_id))
         except CodecError as exc:
@@ -207,7 +208,7 @@ class RecordProcessor:
         if self.schemas is None:  # decode() asks for a fetch only when a lookup exists
             raise CodecError(f"schema id {schema_id}: no schema registry is set")
         writer = await self.schemas.get(schema_id)
-        return self.decoder.decode(platform, msg.value(), headers_of(msg), writer=writer)
+        return self.decoder.decode(platform, msg.value(), msg.headers(), writer=writer)
 
     # --- retries --------------------------------------------------------------------------------------
     async def process_retry(self, msg: Message) -> None:
