@@ -607,17 +607,23 @@ def http_get(port: int, path: str) -> tuple[int, dict[str, Any]]:
         return 0, {}  # not listening yet
 
 
+def as_a_service(harness: Harness, topic_factory: TopicFactory) -> int:
+    """Settings for ``run_aggregator`` (the whole service): an HTTP port, which is returned, and a
+    rules topic (the service starts only once every topic it needs exists, its start-up gate)."""
+    port = free_port()
+    harness.extra["http"] = {"host": "127.0.0.1", "port": port}
+    rules = topic_factory("rules", compacted=True)
+    harness.extra["topics"] = {"outcomes": harness.outcomes, "alerts": harness.alerts, "rules": rules}
+    return port
+
+
 async def test_healthz_of_the_service_fails_while_the_brokers_are_retried(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, topic_factory: TopicFactory
 ) -> None:
     flaky = flaky_watermarks(failures=10**9)
     monkeypatch.setattr(service, "Consumer", flaky)
     monkeypatch.setattr(service, "STUCK_AFTER_SECONDS", 1.0)
-    port = free_port()
-    harness.extra["http"] = {"host": "127.0.0.1", "port": port}
-    # The service starts only once every topic it needs exists (its start-up gate), the rules topic too.
-    rules = topic_factory("rules", compacted=True)
-    harness.extra["topics"] = {"outcomes": harness.outcomes, "alerts": harness.alerts, "rules": rules}
+    port = as_a_service(harness, topic_factory)
     stop = asyncio.Event()
     task = asyncio.create_task(run_aggregator(harness.settings(), stop, provider=harness.provider))
     try:
@@ -710,10 +716,7 @@ def service_with_rule_store(
     consumer_class = rules_consumer(metadata_error=metadata_error, consume_error=consume_error)
     monkeypatch.setattr(store_module, "Consumer", consumer_class)
     monkeypatch.setattr(store_module, "_PARTITION_CHECK_SECONDS", 0.1)
-    port = free_port()
-    harness.extra["http"] = {"host": "127.0.0.1", "port": port}
-    rules = topic_factory("rules", compacted=True)
-    harness.extra["topics"] = {"outcomes": harness.outcomes, "alerts": harness.alerts, "rules": rules}
+    port = as_a_service(harness, topic_factory)
     return harness.settings(), port, consumer_class, metadata_error, consume_error
 
 
