@@ -111,3 +111,17 @@ def test_settings_are_frozen() -> None:
     s = load_settings()
     with pytest.raises(ValueError, match="frozen"):
         s.group_id = "other"  # type: ignore[misc]
+
+
+def test_the_outcome_producer_lingers_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from consumer.pipeline.runner import outcome_producer_config
+
+    config = outcome_producer_config(load_settings())
+    assert config["linger.ms"] == 5.0  # outcomes answered together share a produce request
+    assert config["bootstrap.servers"] == "localhost:9092"
+    monkeypatch.setenv("EVENTMAIL_PIPELINE__OUTCOME_LINGER_MS", "0")
+    monkeypatch.setenv("EVENTMAIL_KAFKA__EXTRA", '{"linger.ms": 50}')
+    assert outcome_producer_config(load_settings())["linger.ms"] == 0.0  # the setting wins over extra
+    monkeypatch.setenv("EVENTMAIL_PIPELINE__OUTCOME_LINGER_MS", "-1")
+    with pytest.raises(SettingsError, match="OUTCOME_LINGER_MS"):
+        load_settings()

@@ -46,10 +46,6 @@ class AsyncProducer:
     def __init__(self, config: dict[str, Any], name: str = "producer") -> None:
         self.name = name
         self._config = {
-            # An outcome waits for no batch: the time from the SMTP server's acceptance to the
-            # outcome reaching the broker is the window in which a crash can send a mail twice
-            # (docs/delivery.md). Under load, records still batch behind the requests in flight.
-            "linger.ms": 0,
             "compression.type": "lz4",
             **config,
             "enable.idempotence": True,

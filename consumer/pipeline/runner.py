@@ -33,6 +33,13 @@ DEFAULT_PORT = 9400
 GC_YOUNG_THRESHOLD = 10_000
 
 
+def outcome_producer_config(settings: Settings) -> dict[str, Any]:
+    """The outcome producer's librdkafka settings: the deployment's, lingering as configured (the
+    time from the SMTP server's acceptance to the outcome reaching the broker is the window in which
+    a crash sends a mail twice; docs/delivery.md)."""
+    return settings.kafka_config(**{"linger.ms": settings.pipeline.outcome_linger_ms})
+
+
 async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -43,7 +50,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
         fatal.append(message)
         loop.call_soon_threadsafe(stop.set)
 
-    producer = AsyncProducer(settings.kafka_config(), name="outcomes")
+    producer = AsyncProducer(outcome_producer_config(settings), name="outcomes")
     handoff = _HandoffAfterGate(
         settings.kafka_config(), settings.group_id, settings.pipeline.handoff_transaction_timeout_ms
     )
