@@ -293,3 +293,38 @@ def _retries(h: Harness) -> int:
         getattr(getattr(o, name, None), "retries", 0)
         for o, name in ((h.source, "calls"), (h.pipeline, "reads"))
     )
+
+
+class _CountingCondition(threading.Condition):
+    """A condition that counts the notifications that woke a waiting thread."""
+
+    wakes = 0
+
+    def notify(self, n: int = 1) -> None:
+        if n and self._waiters:  # type: ignore[attr-defined]
+            self.wakes += 1
+        super().notify(n)
+
+
+def test_the_source_waiting_for_room_is_woken_once_there_is_room_not_per_finished_record(
+    make_harness: Callable[..., Harness], smtp_server_factory: SMTPServerFactory
+) -> None:
+    """The source thread waits for fewer than 3 pending records while 12 are sent one at a time: it
+    is woken once, when the third-last finishes (before, every finished record woke it to find the
+    pipeline still full, a thread switch per mail under load)."""
+    server = smtp_server_factory("plain", data_reply_delay=0.2)
+    h = make_harness(server, max_in_flight=1)
+    h.assign(h.lms_tp)
+    counting = _CountingCondition(h.pipeline._lock)
+    h.pipeline._room = counting
+    h.pipeline.on_records([h.event_record(o) for o in range(12)])
+    room: list[bool] = []
+    waiter = threading.Thread(target=lambda: room.append(h.pipeline.wait_for_room(3, 60)))
+    waiter.start()
+    waiter.join(60)
+    assert room == [True]
+    assert h.pipeline.backlog()[0] < 3
+    assert counting.wakes == 1, f"the waiting source was woken {counting.wakes} times"
+    wait_for(lambda: h.pipeline.in_flight() == 0, 30, "every mail sent")
+    assert len(server.messages) == 12
+    assert h.fatal == []

@@ -87,6 +87,11 @@ class Pipeline:
         self._lock = threading.Lock()
         #: Signalled (under the lock) when records finish: the source waits on it for room or a drain.
         self._room = threading.Condition(self._lock)
+        #: The source thread waits for fewer pending event records than this (0: it does not wait);
+        #: a finished record wakes it only then, not once per record while the pipeline stays full.
+        self._room_wanted = 0
+        #: Drains waiting for their partitions' records to finish: each finished record wakes them.
+        self._drains_waiting = 0
         self._parts: PartitionTable[Task] = PartitionTable()
         #: The partition state of each running task (also of partitions dropped since).
         self._task_part: dict[Task, Part] = {}
@@ -128,7 +133,11 @@ class Pipeline:
     def wait_for_room(self, limit: int, timeout: float) -> bool:
         """Block until fewer than ``limit`` event records are pending (or ``timeout`` passes)."""
         with self._room:
-            return self._room.wait_for(lambda: self._event_pending < limit, timeout)
+            self._room_wanted = limit
+            try:
+                return self._room.wait_for(lambda: self._event_pending < limit, timeout)
+            finally:
+                self._room_wanted = 0
 
     def on_assigned(self, partitions: dict[TopicPartitionKey, int]) -> None:
         """A fresh state per partition, then the outcome read-back of its uncommitted records
@@ -171,9 +180,13 @@ class Pipeline:
         except (TimeoutError, concurrent.futures.TimeoutError):
             log.warning("drain: the event loop did not answer in time", extra={"partitions": len(parts)})
         with self._room:
-            idle = self._room.wait_for(
-                lambda: not any(p.busy() for p in parts), max(0.0, deadline - time.monotonic())
-            )
+            self._drains_waiting += 1
+            try:
+                idle = self._room.wait_for(
+                    lambda: not any(p.busy() for p in parts), max(0.0, deadline - time.monotonic())
+                )
+            finally:
+                self._drains_waiting -= 1
         if not idle:
             with self._lock:
                 sending = sum(len(p.tasks) for p in parts)
@@ -307,6 +320,11 @@ class Pipeline:
                 part.offsets.done(offset)
             self._event_pending -= len(done) + dropped
             self._retry_pending -= dropped_retries
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Under the lock, after records finished: wake a drain, or the source once there is room."""
+        if self._drains_waiting or self._event_pending < self._room_wanted:
             self._room.notify_all()
 
     def _finished(self, task: Task, part: Part, offset: int, is_retry: bool) -> None:
@@ -317,7 +335,7 @@ class Pipeline:
                 self._retry_pending -= 1
             else:
                 self._event_pending -= 1
-            self._room.notify_all()
+            self._wake_waiters()
             if task.cancelled():
                 return  # abandoned: stays uncommitted
             error = task.exception()
