@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from consumer.observability.logging import JsonFormatter, RepeatFilter
+from consumer.observability.logging import _STANDARD, JsonFormatter, RepeatFilter
 
 
 @pytest.fixture
@@ -50,3 +53,42 @@ def test_info_lines_are_never_held_back(captured: tuple[logging.Logger, io.Strin
     for _ in range(3):
         logger.info("partitions assigned", extra={"partitions": ["a[0]"]})
     assert len(lines(stream)) == 3
+
+
+def _reference_line(record: logging.LogRecord) -> str:
+    """A JSON line as the formatter wrote it before it kept the text of the second."""
+    out: dict[str, object] = {
+        "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for key, value in vars(record).items():
+        if key not in _STANDARD and not key.startswith("_"):
+            out[key] = value
+    return json.dumps(out, default=str)
+
+
+#: Moments near the edges where rounding to microseconds carries into the next second.
+_FRACTIONS = st.sampled_from([0.0, 5e-7, 0.0004999, 0.0005, 0.9994999, 0.9995, 0.9999994, 0.9999995])
+_EDGES = st.builds(lambda second, fraction: second + fraction, st.integers(0, 4_000_000_000), _FRACTIONS)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    created=st.floats(0, 4e9) | _EDGES,
+    extra=st.dictionaries(
+        st.text("abcdefghij_", min_size=1, max_size=8).filter(lambda k: k not in _STANDARD and k[0] != "_"),
+        st.none() | st.integers() | st.text() | st.floats(allow_nan=False) | st.datetimes(),
+        max_size=4,
+    ),
+)
+def test_a_line_is_the_text_it_always_was(created: float, extra: dict[str, object]) -> None:
+    """Lines are byte for byte what ``json.dumps`` of the fields with an ISO timestamp gives, at any
+    moment (the text of each second is kept for the next lines of that second)."""
+    formatter = JsonFormatter()
+    for moment in (created, created + 0.25, created):
+        record = logging.LogRecord("consumer.x", logging.INFO, "", 0, "mail %s", ("sent",), None)
+        record.__dict__.update(extra)
+        record.created = moment
+        assert formatter.format(record) == _reference_line(record)

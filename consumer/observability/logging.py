@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 import threading
@@ -18,10 +19,19 @@ from typing import Any
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+#: ``json.dumps(value, default=str)`` without making an encoder per line: the same text.
+_ENCODE = json.JSONEncoder(default=str).encode
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        #: The last second formatted and its text up to the seconds (the service logs a line per mail).
+        self._second: tuple[float, str] = (-1.0, "")
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -31,7 +41,23 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return _ENCODE(out)
+
+    def _timestamp(self, created: float) -> str:
+        """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``, the text of
+        the second made once per second: the microseconds rounded half to even as ``datetime``
+        does, then cut to milliseconds."""
+        fraction, whole = math.modf(created)
+        micros = round(fraction * 1e6)
+        if micros >= 1_000_000:
+            whole, micros = whole + 1.0, micros - 1_000_000
+        elif micros < 0:
+            whole, micros = whole - 1.0, micros + 1_000_000
+        second, text = self._second
+        if whole != second:
+            text = datetime.fromtimestamp(whole, UTC).isoformat(timespec="seconds")[:-6]
+            self._second = (whole, text)
+        return f"{text}.{micros // 1000:03d}+00:00"
 
 
 class RepeatFilter(logging.Filter):
