@@ -65,6 +65,10 @@ Figures (rates are per second; the runner divides the first of each pair by the 
   ``mail_fast_cpu_{main,librdkafka,other}_ms_per_mail`` (and ``hand_mail_cpu_...``) split it by
   thread: the asyncio loop's thread, librdkafka's own threads (``rdk:*``: the brokers' I/O, the
   producer's batching and acknowledgements) and the other Python threads (the poll thread).
+* ``{raw_smtp,mail_fast,hand_mail}_sink_cpu_ms_per_mail`` and ``..._machine_busy``: over the same
+  rounds, the fast SMTP sink's CPU per mail (one Python process, answering every scenario alike) and
+  the share of the whole machine busy (every process, /proc/stat; 1.0 is both cores), the median of
+  the rounds: a rate whose machine is busy near 1.0 is bounded by the machine, not by its consumer.
 
 Sizes (quick / full): N = 100,000 / 500,000 in 1 / 2 service rounds; M = 800 / 5,000 in 2 / 3
 rounds to the fast sink (the service, the hand-written loop and raw aiosmtplib alike) and 600 / 3,000
@@ -107,6 +111,7 @@ from bench.support import (
     ROOT,
     Deployment,
     EventRecords,
+    Load,
     Offsets,
     RssSampler,
     Service,
@@ -203,6 +208,7 @@ class Bench:
         self.cleanup: list[Callable[[], Any]] = []
         self.fast_log = work / "fast-sink.jsonl"
         self.fast_port = 0
+        self.fast_sink_pid = 0
         self.esp_port = 0
         self.only: tuple[str, ...] = SCENARIOS
         #: Figures measured in several rounds; each is reported as the median.
@@ -212,6 +218,7 @@ class Bench:
     # --- infrastructure ---------------------------------------------------------------------------------
     def start_sinks(self) -> None:
         fast, self.fast_port = spawn_sink_process(profile="fast", log=self.fast_log)
+        self.fast_sink_pid = fast.pid
         self.cleanup.append(lambda: stop_sink_process(fast))
         esp, self.esp_port = spawn_sink_process(profile="esp", log=self.work / "esp-sink.jsonl")
         self.cleanup.append(lambda: stop_sink_process(esp))
@@ -348,8 +355,11 @@ class Bench:
             out.append((built.sender, list(built.recipients), built.data))
         return out
 
-    def raw_smtp(self, messages: list[tuple[str, list[str], bytes]]) -> tuple[float, float]:
-        """One round of raw aiosmtplib: mails per second and this process's CPU ms per mail."""
+    def raw_smtp(
+        self, messages: list[tuple[str, list[str], bytes]], load: dict[str, list[float]] | None = None
+    ) -> tuple[float, float]:
+        """One round of raw aiosmtplib: mails per second and this process's CPU ms per mail (with
+        ``load``: the sink's CPU and the machine's busy share appended, see :class:`Load`)."""
 
         async def measure() -> tuple[float, float]:
             clients = [
@@ -365,9 +375,12 @@ class Bench:
                 for sender, recipients, data in queue:
                     await client.sendmail(sender, recipients, data)
 
+            spent = Load(self.fast_sink_pid)
             started, cpu = time.perf_counter(), time.process_time()
             await asyncio.gather(*(worker(client) for client in clients))
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            if load is not None:
+                spent.end(len(messages), load)
             await asyncio.gather(*(client.quit() for client in clients), return_exceptions=True)
             return len(messages) / elapsed, cpu / len(messages) * 1000
 
@@ -382,16 +395,19 @@ class Bench:
         count: int,
         product: str,
         threads: dict[str, list[float]] | None = None,
+        load: dict[str, list[float]] | None = None,
     ) -> tuple[float, float]:
         """Produce ``count`` matching events: the rate at which their outcomes are acknowledged, and
         the consumer's CPU milliseconds per mail meanwhile (with ``threads``: each thread group's
-        milliseconds per mail appended to its list, see :func:`bench.support.thread_cpu_seconds`)."""
+        milliseconds per mail appended to its list, see :func:`bench.support.thread_cpu_seconds`;
+        with ``load``: the fast sink's CPU per mail and the machine's busy share, :class:`Load`)."""
         outcomes = deployment.topics["outcomes"]
         base = offsets.end(outcomes)
         records = self.records.batch(prefix, count, MAIL_TRIGGER, product)
         prod = producer(self.servers, **{"linger.ms": 2})
         by_thread = thread_cpu_seconds(service.pid)
         cpu = cpu_seconds(service.pid)
+        spent = Load(self.fast_sink_pid)
         started = time.perf_counter()
         produce_all(self.servers, deployment.topics["lms"], records, out=prod)
         ended = wait_for(
@@ -402,6 +418,8 @@ class Bench:
             service.check_alive,
         )
         cpu = cpu_seconds(service.pid) - cpu
+        if load is not None:
+            spent.end(count, load)
         if threads is not None:
             for group, seconds in thread_cpu_seconds(service.pid).items():
                 threads.setdefault(group, []).append((seconds - by_thread[group]) / count * 1000)
@@ -441,13 +459,22 @@ class Bench:
             hands: list[tuple[float, float]] = []
             our_threads: dict[str, list[float]] = {}
             hand_threads: dict[str, list[float]] = {}
+            #: Per scenario, the sink's CPU per mail and the machine's busy share of each round.
+            loads: dict[str, dict[str, list[float]]] = {"raw_smtp": {}, "mail_fast": {}, "hand_mail": {}}
 
             def steps() -> list[Callable[[], None]]:
                 out = [
-                    lambda: raw.append(self.raw_smtp(messages)),
+                    lambda: raw.append(self.raw_smtp(messages, loads["raw_smtp"])),
                     lambda: ours.append(
                         self.mail_round(
-                            service, deployment, offsets, f"m{n}", plan.mail_fast, "p-fast", our_threads
+                            service,
+                            deployment,
+                            offsets,
+                            f"m{n}",
+                            plan.mail_fast,
+                            "p-fast",
+                            our_threads,
+                            loads["mail_fast"],
                         )
                     ),
                 ]
@@ -462,6 +489,7 @@ class Bench:
                                 plan.mail_fast,
                                 "p-fast",
                                 hand_threads,
+                                loads["hand_mail"],
                             )
                         )
                     )
@@ -478,6 +506,9 @@ class Bench:
             self.figures["mail_fast_cpu_ms_per_mail"] = round(statistics.median(cpu for _, cpu in ours), 2)
             for group, values in our_threads.items():
                 self.figures[f"mail_fast_cpu_{group}_ms_per_mail"] = round(statistics.median(values), 3)
+            for scenario, measured in loads.items():
+                for name, values in measured.items():
+                    self.figures[f"{scenario}_{name}"] = round(statistics.median(values), 3)
             self.figures["mail_fast_mails"] = float(plan.mail_fast)
             self.figures["mail_fast_connections"] = float(FAST_CONNECTIONS)
             if with_hand:

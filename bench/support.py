@@ -335,6 +335,33 @@ def _stat_seconds(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of every core so far, from /proc/stat: the share of the machine
+    busy over a span is the difference of busy over the difference of total (1.0: every core)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class Load:
+    """The CPU a span of a benchmark cost outside the measured process: the SMTP sink's CPU per
+    mail and the share of the machine busy (every process), so a rate can be told apart from the
+    machine's limit."""
+
+    def __init__(self, sink_pid: int) -> None:
+        self.sink_pid = sink_pid
+        self.sink = cpu_seconds(sink_pid)
+        self.machine = machine_jiffies()
+
+    def end(self, count: int, into: dict[str, list[float]]) -> None:
+        """Appends ``sink_cpu_ms_per_mail`` and ``machine_busy`` of the span since it began."""
+        busy, total = machine_jiffies()
+        into.setdefault("sink_cpu_ms_per_mail", []).append(
+            (cpu_seconds(self.sink_pid) - self.sink) / count * 1000
+        )
+        into.setdefault("machine_busy", []).append((busy - self.machine[0]) / max(1, total - self.machine[1]))
+
+
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
     """User + system CPU time so far of a process's threads in three groups: ``main`` (the thread
     whose id is the process's: the asyncio loop of ``eventmail run``), ``librdkafka`` (librdkafka's own
