@@ -366,6 +366,9 @@ class KillWindows:
 
     orphaned: list[set[str]]
     unexplained: dict[str, int]
+    #: Per unexplained mail, why, with its deliveries, sent outcomes and the kills (seconds from the
+    #: first delivery of the mail): what a failed check shows.
+    why: dict[str, str] = field(default_factory=dict)
 
     @property
     def per_kill(self) -> list[int]:
@@ -376,7 +379,8 @@ class KillWindows:
         holds between fetching them and their outcomes' acknowledgement (``held``)."""
         assert not self.unexplained, (
             f"{len(self.unexplained)} mails sent again without a kill between, or after their sent "
-            f"outcome: {dict(list(self.unexplained.items())[:5])}"
+            f"outcome: {dict(list(self.unexplained.items())[:5])}; "
+            + "; ".join(f"{mid}: {self.why.get(mid, '')}" for mid in list(self.unexplained)[:5])
         )
         assert all(n <= held for n in self.per_kill), f"mails caught per kill {self.per_kill} > {held}"
 
@@ -395,6 +399,7 @@ def kill_windows(
             sent.setdefault(outcome.message_id, []).append(outcome.created.timestamp())
     orphaned: list[set[str]] = [set() for _ in kills]
     unexplained: Counter[str] = Counter()
+    why: dict[str, str] = {}
     for message_id, times in delivered.items():
         times.sort()
         outcome_times = sent.get(message_id, [])
@@ -412,9 +417,16 @@ def kill_windows(
             )
             if confirmed or caught is None:
                 unexplained[message_id] += 1
+                start = times[0]
+                why[message_id] = (
+                    f"{'a sent outcome between' if confirmed else 'no kill between'} the deliveries at "
+                    f"{[round(t - start, 3) for t in times]}; sent outcomes at "
+                    f"{[round(t - start, 3) for t in sorted(outcome_times)]}; kills (at, dead at) "
+                    f"{[(round(k.at - start, 3), round((k.dead_at or k.at) - start, 3)) for k in kills]}"
+                )
             else:
                 orphaned[caught].add(message_id)
-    return KillWindows(orphaned, dict(unexplained))
+    return KillWindows(orphaned, dict(unexplained), why)
 
 
 class Replicas:

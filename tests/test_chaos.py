@@ -16,15 +16,18 @@ from __future__ import annotations
 import random
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from consumer.events.model import Event
 from consumer.mail.message import message_id_for
+from consumer.outcomes.model import Outcome, OutcomeStatus
 from tests.chaos_support import (
     FAST,
     QUICK_RETRIES,
+    Kill,
     Replicas,
     SinkProcess,
     Tally,
@@ -359,3 +362,27 @@ def test_sink_closing_connections_mid_data_at_random(
         drop_rate=0.2,
         seed=20,
     )
+
+
+def test_the_kill_window_count_explains_each_copy_it_cannot_attribute() -> None:
+    """The count behind every kill test: a copy with a kill between its deliveries and no sent outcome
+    before the second is the kill's; one without a kill between, or after its sent outcome, is not,
+    and the failed check says when each delivery, outcome and kill happened."""
+
+    def sent(message_id: str, at: float) -> Outcome:
+        created = datetime.fromtimestamp(at, UTC)
+        return Outcome(rule_id="r", status=OutcomeStatus.SENT, message_id=message_id, created=created)
+
+    kills = [Kill(at=100.0, replica="a", received_before=10, dead_at=100.01)]
+    arrivals = [("<caught>", 99.9), ("<caught>", 105.0), ("<early>", 50.0), ("<early>", 60.0)]
+    arrivals += [("<confirmed>", 99.0), ("<confirmed>", 104.0)]
+    outcomes = [sent("<caught>", 105.01), sent("<early>", 60.01), sent("<confirmed>", 99.01)]
+    windows = kill_windows(kills, arrivals, outcomes)
+    assert windows.per_kill == [1]
+    assert windows.unexplained == {"<early>": 1, "<confirmed>": 1}
+    with pytest.raises(AssertionError) as failed:
+        windows.check(held=32)
+    text = str(failed.value)
+    assert "<early>: no kill between the deliveries at [0.0, 10.0]" in text
+    assert "<confirmed>: a sent outcome between the deliveries at [0.0, 5.0]; sent outcomes at [0.01]" in text
+    assert "kills (at, dead at) [(50.0, 50.01)]" in text
