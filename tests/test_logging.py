@@ -55,18 +55,11 @@ def test_info_lines_are_never_held_back(captured: tuple[logging.Logger, io.Strin
     assert len(lines(stream)) == 3
 
 
-def _reference_line(record: logging.LogRecord) -> str:
-    """A JSON line as the formatter wrote it before it kept the text of the second."""
-    out: dict[str, object] = {
-        "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-        "level": record.levelname.lower(),
-        "logger": record.name,
-        "msg": record.getMessage(),
-    }
-    for key, value in vars(record).items():
-        if key not in _STANDARD and not key.startswith("_"):
-            out[key] = value
-    return json.dumps(out, default=str)
+def _as_before(line: str, created: float) -> str:
+    """The line as the formatter wrote it before it kept the text of the second: ``json.dumps`` of
+    the same fields, with the timestamp ``datetime`` makes of ``created``."""
+    ts = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    return json.dumps({**json.loads(line), "ts": ts}, default=str)
 
 
 #: Moments near the edges where rounding to microseconds carries into the next second.
@@ -91,4 +84,9 @@ def test_a_line_is_the_text_it_always_was(created: float, extra: dict[str, objec
         record = logging.LogRecord("consumer.x", logging.INFO, "", 0, "mail %s", ("sent",), None)
         record.__dict__.update(extra)
         record.created = moment
-        assert formatter.format(record) == _reference_line(record)
+        line = formatter.format(record)
+        assert line == _as_before(line, moment)
+        fields = list(json.loads(line).items())
+        assert fields[0][0] == "ts"
+        assert fields[1:4] == [("level", "info"), ("logger", "consumer.x"), ("msg", "mail sent")]
+        assert fields[4:] == list(json.loads(json.dumps(extra, default=str)).items())

@@ -9,6 +9,7 @@ import pytest
 
 from consumer.errors import SettingsError
 from consumer.observability.logging import librdkafka_logger
+from consumer.pipeline.runner import outcome_producer_config
 from consumer.settings import Encryption, load_settings
 
 
@@ -114,8 +115,6 @@ def test_settings_are_frozen() -> None:
 
 
 def test_the_outcome_producer_lingers_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    from consumer.pipeline.runner import outcome_producer_config
-
     config = outcome_producer_config(load_settings())
     assert config["linger.ms"] == 5.0  # outcomes answered together share a produce request
     assert config["bootstrap.servers"] == "localhost:9092"
