@@ -1,7 +1,7 @@
 """SMTP transport: messages per second through eventmail's pooled transport vs raw aiosmtplib.
 
-Both sides use 8 persistent connections to the same SMTP sink (``consumer.devtools.smtp_sink``, in a
-separate process, answering at once) and send the same pre-built messages in the same run, in
+Both sides use 8 persistent connections to the same SMTP sink (:mod:`bench.lean_sink`, in a separate
+process, answering at once) and send the same pre-built messages in the same run, in
 back-to-back pairs of rounds. Raw aiosmtplib is the best case: 8 workers, each with its own connected
 client, calling ``sendmail`` back to back. eventmail's transport is used as the pipeline uses it: many
 concurrent ``send`` calls sharing one pool of 8. Both run on the event loop the service runs on
@@ -21,8 +21,8 @@ from typing import Any
 
 import aiosmtplib
 
+from bench import lean_sink
 from bench.support import run_on_service_loop
-from consumer.devtools.smtp_sink import spawn_sink_process, stop_sink_process
 from consumer.mail import ConnectionParams, MailAddress, Rendered, Transport, build_message
 from consumer.settings import Encryption, SmtpSettings
 
@@ -125,11 +125,11 @@ def run(quick: bool) -> dict[str, float]:
     Rates are the median round of each side; the ratio is the median of back-to-back pairs. The sink
     and both senders share this machine's cores, so other load shows up as noise in single rounds.
     """
-    process, port = spawn_sink_process(profile="fast")
+    process, port = lean_sink.spawn()
     try:
         return run_on_service_loop(_measure(port, count=2_000, pairs=4 if quick else 12))
     finally:
-        stop_sink_process(process)
+        lean_sink.stop(process)
 
 
 def main(argv: list[str] | None = None) -> int:

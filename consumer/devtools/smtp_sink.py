@@ -49,6 +49,7 @@ __all__ = [
     "SinkStats",
     "build_parser",
     "main",
+    "read_ready_line",
     "spawn_sink_process",
     "stop_sink_process",
 ]
@@ -573,15 +574,15 @@ def spawn_sink_process(
     child_env["PYTHONUNBUFFERED"] = "1"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=child_env, bufsize=0)
     try:
-        listening = _wait_ready(process, ready_timeout)
+        listening = read_ready_line(process, ready_timeout)
     except BaseException:
         stop_sink_process(process)
         raise
     return process, int(listening.rpartition(":")[2])
 
 
-def _wait_ready(process: subprocess.Popen[bytes], timeout: float) -> str:
-    """Read the child's stdout until the ready line; the address it names."""
+def read_ready_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+    """Read a child's stdout until a line starting with ``READY_PREFIX``; the address it names."""
     assert process.stdout is not None
     fd = process.stdout.fileno()
     deadline = time.monotonic() + timeout
