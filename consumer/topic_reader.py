@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.errors import EventmailError
+from consumer.kafka.fetching import FETCH_DEFAULTS
 from consumer.kafka.readers import unused_group_error
 from consumer.kafka_retry import BrokerCalls
 
@@ -39,6 +40,7 @@ def read_since(
     calls = calls or BrokerCalls(give_up_after=timeout)
     reader = Consumer(
         {
+            **FETCH_DEFAULTS,
             **config,
             "group.id": f"eventmail-reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from consumer.aggregator.records import to_ms
 from consumer.aggregator.thresholds import AlertState
 from consumer.errors import CodecError
+from consumer.kafka.fetching import FETCH_DEFAULTS
 from consumer.kafka.readers import unused_group_error
 from consumer.kafka_retry import BrokerCalls
 from consumer.outcomes.codec import decode_alert
@@ -41,6 +42,7 @@ class DecisionLog:
         self.calls = calls or BrokerCalls()
         self._consumer = Consumer(
             {
+                **FETCH_DEFAULTS,
                 **config,
                 "group.id": f"eventmail-alerts-reader-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,

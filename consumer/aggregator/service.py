@@ -63,6 +63,7 @@ from consumer.aggregator.records import decode_observation
 from consumer.aggregator.state import AlertDecision, PartitionState
 from consumer.aggregator.windows import LARGEST_TIMEFRAME
 from consumer.errors import CodecError
+from consumer.kafka.fetching import FETCH_DEFAULTS
 from consumer.kafka.group_watch import GroupWatch, brokers_answer
 from consumer.kafka_retry import BrokerCalls, RetryStopped
 from consumer.observability.metrics import (
@@ -137,7 +138,8 @@ class Aggregator:
         self.calls = BrokerCalls(stop=self.stopping)
         self.log = DecisionLog(settings.kafka_config(), settings.topics.alerts, calls=self.calls)
         self.consumer = Consumer(
-            settings.kafka_config(
+            FETCH_DEFAULTS
+            | settings.kafka_config(
                 **{
                     "group.id": aggregator_group(settings),
                     "partition.assignment.strategy": "cooperative-sticky",

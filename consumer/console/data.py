@@ -23,6 +23,7 @@ from consumer.errors import CodecError, EventmailError
 from consumer.events.codec import EventDecoder
 from consumer.events.model import Event
 from consumer.events.triggers import Platform
+from consumer.kafka.fetching import FETCH_DEFAULTS
 from consumer.outcomes.codec import decode_alert, decode_outcome
 from consumer.outcomes.model import Alert, Outcome, OutcomeStatus
 from consumer.rules.checks import RuleContext
@@ -235,6 +236,7 @@ class ConsoleData:
     def _reader(self) -> Consumer:
         return Consumer(
             {
+                **FETCH_DEFAULTS,
                 **self.settings.kafka_config(),
                 "group.id": "eventmail-console-reader",
                 "enable.auto.commit": False,

@@ -27,6 +27,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.errors import CodecError
+from consumer.kafka.fetching import FETCH_DEFAULTS
 from consumer.outcomes.codec import decode_outcome
 from consumer.outcomes.model import OutcomeStatus
 from consumer.pipeline.offsets import TopicPartitionKey
@@ -134,6 +135,7 @@ def read_delivered(
     }
     reader = Consumer(
         {
+            **FETCH_DEFAULTS,
             **config,
             "group.id": f"eventmail-readback-{uuid.uuid4().hex}",
             "enable.auto.commit": False,

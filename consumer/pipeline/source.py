@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumer.kafka.fetching import FETCH_DEFAULTS
 from consumer.kafka.group_watch import GroupWatch, brokers_answer
 from consumer.kafka_retry import BrokerCalls, RetryStopped, is_retriable
 from consumer.observability.metrics import CONSUMER_LAG, KAFKA_ERRORS, PARTITIONS_PAUSED
@@ -103,6 +104,7 @@ class SourceConsumer:
         group_stuck_after: float = 360.0,
     ) -> None:
         self._config: dict[str, Any] = {
+            **FETCH_DEFAULTS,
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,

@@ -36,6 +36,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.errors import RuleError
+from consumer.kafka.fetching import FETCH_DEFAULTS
 from consumer.kafka.permissions import topic_problem
 from consumer.kafka.readers import unused_group_error
 from consumer.kafka_retry import BrokerCalls, RetryStopped
@@ -76,7 +77,7 @@ class RuleStore:
         context: RuleContext | None = None,
     ) -> None:
         self.topic = settings.topics.rules
-        self._config = settings.kafka_config(
+        self._config = FETCH_DEFAULTS | settings.kafka_config(
             **{
                 "group.id": f"eventmail-rules-{uuid.uuid4().hex}",  # required by librdkafka; never joined
                 "enable.auto.commit": False,
