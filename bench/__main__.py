@@ -103,6 +103,11 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
 
     ratio("filter_vs_hand_json", "pipeline.filter_only_per_s", "pipeline.hand_json_per_s")
     ratio("filter_vs_raw_decode", "pipeline.filter_only_per_s", "pipeline.raw_consume_decode_per_s")
+    ratio(
+        "filter_vs_raw_decode_same_fetch",
+        "pipeline.filter_only_per_s",
+        "pipeline.raw_consume_decode_same_fetch_per_s",
+    )
     ratio("mail_vs_hand_loop", "pipeline.mail_fast_per_s", "pipeline.hand_mail_per_s")
     ratio("mail_vs_raw_smtp", "pipeline.mail_fast_per_s", "pipeline.raw_smtp_per_s")
     # what keeping the guarantee costs any loop: the smallest one against the bare SMTP client

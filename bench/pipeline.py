@@ -18,7 +18,12 @@ Figures (rates are per second; the runner divides the first of each pair by the 
 
 * ``raw_consume_decode_per_s``: a plain confluent-kafka consumer (``consume(500)`` batches, partitions
   assigned, no group join) reading N pre-produced events and decoding each with ``EventDecoder``: the
-  work no implementation avoids. Timed from its first batch (not counted) to the last record.
+  work no implementation avoids. Timed from its first batch (not counted) to the last record. It
+  and the hand-written loops use librdkafka's defaults, as their authors would.
+  ``raw_consume_decode_same_fetch_per_s``: the same consumer with the service's fetch settings
+  (:data:`consumer.kafka.fetching.FETCH_DEFAULTS`: a 10 ms fetch back-off instead of 1 s, without
+  which a consumer draining a backlog faster than librdkafka refills its queue waits out the
+  second). Ratio ``filter_vs_raw_decode_same_fetch``: the service against it, like with like.
 * ``filter_only_per_s``: ``eventmail run`` on the same N events, written to its topic before it
   starts, with rules that match none of them (their trigger has no rule): decode, match, commit.
   Start-up and rule loading are left out: the clock starts when the group's committed offsets first
@@ -135,12 +140,15 @@ from bench.support import (
 from consumer.devtools.smtp_sink import spawn_sink_process, stop_sink_process
 from consumer.events.codec import EventDecoder
 from consumer.events.triggers import Platform
+from consumer.kafka.fetching import FETCH_DEFAULTS
 from consumer.mail import MailAddress, Rendered, build_message
 from consumer.outcomes.codec import decode_outcome
 from consumer.outcomes.model import OutcomeStatus
 
 SCENARIOS = ("decode", "hand_json", "filter", "smtp", "hand_mail", "mail", "naive", "latency", "memory")
 FAST_CONNECTIONS = 8
+#: The plain consumer again, with the service's fetch settings (``consumer.kafka.fetching``).
+SAME_FETCH = "raw_consume_decode_same_fetch"
 ESP_CONNECTIONS = 32
 #: Mails per second of the latency stream, produced one by one at a steady pace.
 LATENCY_RATE = 500.0
@@ -264,8 +272,12 @@ class Bench:
             produce_all(self.servers, self._raw_topic, self.filter_records())
         return self._raw_topic
 
-    def raw_consume_decode(self) -> None:
-        """One round of the plain consumer; timed from its first batch (those records not counted)."""
+    def raw_consume_decode(
+        self, extra: dict[str, Any] | None = None, name: str = "raw_consume_decode"
+    ) -> None:
+        """One round of the plain consumer (with ``extra`` librdkafka settings; its figures are
+        ``{name}_per_s`` and ``{name}_cpu_us_per_event``); timed from its first batch (those records
+        not counted)."""
         topic = self.raw_topic()
         total = self.plan.filter_events
         consumer = Consumer(
@@ -274,6 +286,7 @@ class Bench:
                 "group.id": f"{self.topics.prefix}.raw",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
+                **(extra or {}),
             }
         )
         decoder = EventDecoder()
@@ -297,8 +310,8 @@ class Bench:
             consumer.close()
         if seen < total:
             raise RuntimeError(f"raw consumer read {seen} of {total} records")
-        self.rounds.setdefault("raw_consume_decode_per_s", []).append((total - first) / elapsed)
-        self.rounds.setdefault("raw_consume_decode_cpu_us_per_event", []).append(cpu / (total - first) * 1e6)
+        self.rounds.setdefault(f"{name}_per_s", []).append((total - first) / elapsed)
+        self.rounds.setdefault(f"{name}_cpu_us_per_event", []).append(cpu / (total - first) * 1e6)
 
     def hand_json(self) -> None:
         """One round of the hand-written consumer (:mod:`bench.peers.hand_json`) on the same records."""
@@ -719,11 +732,13 @@ class Bench:
         for n in range(self.plan.filter_rounds):
             steps += [
                 ("decode", self.raw_consume_decode),
+                ("decode", functools.partial(self.raw_consume_decode, FETCH_DEFAULTS, SAME_FETCH)),
                 ("hand_json", self.hand_json),
                 ("filter", functools.partial(self.filter_only, n)),
             ]
         steps += [
             ("decode", self.raw_consume_decode),
+            ("decode", functools.partial(self.raw_consume_decode, FETCH_DEFAULTS, SAME_FETCH)),
             ("hand_json", self.hand_json),
             ("mail", self.mail),
             ("naive", self.naive_peer),
