@@ -22,7 +22,6 @@ import asyncio
 import email.parser
 import email.policy
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
-from consumer.devtools.smtp_sink import READY_PREFIX, read_ready_line, stop_sink_process
+from consumer.devtools.smtp_sink import READY_PREFIX, start_sink_command, stop_sink_process
 
 HOSTNAME = "lean-sink.localhost"
 #: The EHLO reply of aiosmtpd 1.4 with its defaults (``data_size_limit`` 32 MiB, SMTPUTF8 on).
@@ -232,17 +231,7 @@ def spawn(
     command = [sys.executable, "-m", "bench.lean_sink", "--port", "0"]
     if log is not None:
         command += ["--log", str(log)]
-    env: dict[str, Any] = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")])
-    )
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env, bufsize=0)
-    try:
-        listening = read_ready_line(process, ready_timeout)
-    except BaseException:
-        stop_sink_process(process)
-        raise
-    return process, int(listening.rpartition(":")[2])
+    return start_sink_command(command, ready_timeout=ready_timeout, stderr=stderr)
 
 
 stop = stop_sink_process

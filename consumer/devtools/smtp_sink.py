@@ -51,6 +51,7 @@ __all__ = [
     "main",
     "read_ready_line",
     "spawn_sink_process",
+    "start_sink_command",
     "stop_sink_process",
 ]
 
@@ -569,6 +570,18 @@ def spawn_sink_process(
         seed=seed,
         python=python,
     )
+    return start_sink_command(command, ready_timeout=ready_timeout, stderr=stderr, env=env)
+
+
+def start_sink_command(
+    command: list[str],
+    *,
+    ready_timeout: float = 15.0,
+    stderr: int | IO[Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``command``, a sink that prints the ready line (this one, or another server speaking
+    its protocol), with this package importable; return it and its port once it is ready."""
     child_env = dict(os.environ if env is None else env)
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), child_env.get("PYTHONPATH")]))
     child_env["PYTHONUNBUFFERED"] = "1"
