@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import email.parser
-import email.policy
 import json
 import signal
 import subprocess
@@ -30,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
-from consumer.devtools.smtp_sink import READY_PREFIX, start_sink_command, stop_sink_process
+from consumer.devtools.smtp_sink import READY_PREFIX, logged_headers, start_sink_command, stop_sink_process
 
 HOSTNAME = "lean-sink.localhost"
 #: The EHLO reply of aiosmtpd 1.4 with its defaults (``data_size_limit`` 32 MiB, SMTPUTF8 on).
@@ -53,8 +51,8 @@ END_OF_DATA = b"\r\n.\r\n"
 
 def headers(head: bytes) -> tuple[str | None, str | None]:
     """``(Message-ID, Subject)`` of a message's header block as the devtools sink logs them
-    (``email.policy.default``'s values; None for an absent header). Plain one-line ASCII values are
-    read directly; anything else (folded, encoded words, 8-bit) goes through the same parser."""
+    (:func:`~consumer.devtools.smtp_sink.logged_headers`). Plain one-line ASCII values are read
+    directly; anything else (folded, encoded words, 8-bit) goes through that function."""
     found: dict[bytes, str] = {}
     lines = head.split(b"\r\n")
     for n, line in enumerate(lines):
@@ -64,18 +62,10 @@ def headers(head: bytes) -> tuple[str | None, str | None]:
             continue
         folded = n + 1 < len(lines) and lines[n + 1][:1] in (b" ", b"\t")
         if folded or b"=?" in value or not value.isascii() or (key == b"message-id" and not _plain_id(value)):
-            parsed = _PARSER.parsebytes(head + b"\r\n\r\n")
-            message_id, subject = parsed["Message-ID"], parsed["Subject"]
-            return (
-                None if message_id is None else str(message_id).strip(),
-                None if subject is None else str(subject),
-            )
+            return logged_headers(head + b"\r\n\r\n")
         text = value.decode("ascii").lstrip(" \t")
         found[key] = text.rstrip() if key == b"message-id" else text  # the devtools sink strips only the id
     return found.get(b"message-id"), found.get(b"subject")
-
-
-_PARSER = email.parser.BytesHeaderParser(policy=email.policy.default)
 
 
 _ID_SPECIALS = frozenset(b'<>@ \t()[]\\",;:')

@@ -48,8 +48,8 @@ __all__ = [
     "SinkServer",
     "SinkStats",
     "build_parser",
+    "logged_headers",
     "main",
-    "read_ready_line",
     "spawn_sink_process",
     "start_sink_command",
     "stop_sink_process",
@@ -211,6 +211,17 @@ class _SinkHandler:
         return "250 2.0.0 OK: queued"
 
 
+_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.default)
+
+
+def logged_headers(data: bytes) -> tuple[str | None, str | None]:
+    """``(Message-ID, Subject)`` of a message as the sink logs them: ``email.policy.default``'s
+    values, the id stripped; None for an absent header."""
+    headers = _HEADER_PARSER.parsebytes(data)
+    message_id, subject = headers["Message-ID"], headers["Subject"]
+    return None if message_id is None else str(message_id).strip(), None if subject is None else str(subject)
+
+
 class SinkServer:
     """The sink in this process.
 
@@ -227,7 +238,6 @@ class SinkServer:
         self.stats = SinkStats()
         self._rng = random.Random(self.config.seed)  # not for security: a reproducible failure pattern
         self._sequence = 0
-        self._header_parser = email.parser.BytesHeaderParser(policy=email.policy.default)
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[_SinkSMTP] = set()
         self._log: TextIO | None = None
@@ -363,14 +373,12 @@ class SinkServer:
 
     def _keep(self, envelope: Envelope) -> None:
         data = envelope.original_content or b""
-        headers = self._header_parser.parsebytes(data)
-        message_id = headers["Message-ID"]
-        subject = headers["Subject"]
+        message_id, subject = logged_headers(data)
         now = time.time()
         self._sequence += 1
         self.stats.accepted += 1
         if message_id is not None:
-            self.stats.message_ids.append(str(message_id).strip())
+            self.stats.message_ids.append(message_id)
         if self.config.maildir is not None:
             name = f"{time.time_ns()}.{os.getpid()}.{self._sequence:08d}"
             partial = self.config.maildir / f".{name}.tmp"
@@ -379,10 +387,10 @@ class SinkServer:
         if self._log is not None:
             record = {
                 "ts": now,
-                "message_id": None if message_id is None else str(message_id).strip(),
+                "message_id": message_id,
                 "mail_from": envelope.mail_from,
                 "rcpt_tos": list(envelope.rcpt_tos),
-                "subject": None if subject is None else str(subject),
+                "subject": subject,
                 "size": len(data),
             }
             self._log.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -587,14 +595,14 @@ def start_sink_command(
     child_env["PYTHONUNBUFFERED"] = "1"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=child_env, bufsize=0)
     try:
-        listening = read_ready_line(process, ready_timeout)
+        listening = _wait_ready(process, ready_timeout)
     except BaseException:
         stop_sink_process(process)
         raise
     return process, int(listening.rpartition(":")[2])
 
 
-def read_ready_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+def _wait_ready(process: subprocess.Popen[bytes], timeout: float) -> str:
     """Read a child's stdout until a line starting with ``READY_PREFIX``; the address it names."""
     assert process.stdout is not None
     fd = process.stdout.fileno()
