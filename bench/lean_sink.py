@@ -8,8 +8,9 @@ the broker and the service shared the machine's two cores with little headroom l
 ``asyncio.Protocol`` on the service's event loop that answers the commands a mail client sends
 (EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT) and writes the devtools sink's log lines (``ts``,
 ``message_id``, ``mail_from``, ``rcpt_tos``, ``subject``, ``size``), so the benchmarks read either.
-Its EHLO reply advertises what aiosmtpd's does (SIZE, 8BITMIME, SMTPUTF8, HELP), so a client
-speaks to it exactly as to the devtools sink. No TLS, no AUTH, no failures: it is an instrument.
+Its EHLO reply advertises what the devtools sink's does (SIZE, 8BITMIME, SMTPUTF8, PIPELINING,
+HELP), and it reads pipelined commands (RFC 2920), so a client speaks to it exactly as to the
+devtools sink. No TLS, no AUTH, no failures: it is an instrument.
 
 ``python -m bench.lean_sink --port 0 --log FILE`` prints the devtools sink's ready line and, on
 SIGTERM, its summary line.
@@ -31,8 +32,9 @@ from typing import IO, Any, cast
 from consumer.devtools.smtp_sink import READY_PREFIX, logged_headers, start_sink_command, stop_sink_process
 
 HOSTNAME = "lean-sink.localhost"
-#: The EHLO reply of aiosmtpd 1.4 with its defaults (``data_size_limit`` 32 MiB, SMTPUTF8 on).
-EHLO_LINES = ("SIZE 33554432", "8BITMIME", "SMTPUTF8", "HELP")
+#: The devtools sink's EHLO reply: aiosmtpd 1.4's defaults (``data_size_limit`` 32 MiB, SMTPUTF8 on)
+#: and PIPELINING.
+EHLO_LINES = ("SIZE 33554432", "8BITMIME", "SMTPUTF8", "PIPELINING", "HELP")
 GREETING = f"220 {HOSTNAME} ESMTP lean sink\r\n".encode()
 EHLO_REPLY = (
     f"250-{HOSTNAME}\r\n"

@@ -27,15 +27,16 @@ def test_send_through_a_named_connection(smtp_server: SMTPTestServer) -> None:
     lines = result.out.splitlines()
     assert lines[0] == f"connection default: {smtp_server.address}, encryption none, login (none)"
     assert lines[1].startswith(f"connected to {smtp_server.address}: 220 ")
-    assert lines[2] == "accepted: 250 2.0.0 OK: queued"
-    assert lines[3].startswith("sent <")
-    assert " to ops@example.com in " in lines[3]
+    assert lines[2] == "pipelining: MAIL, RCPT and DATA in one write (the server offers PIPELINING)"
+    assert lines[3] == "accepted: 250 2.0.0 OK: queued"
+    assert lines[4].startswith("sent <")
+    assert " to ops@example.com in " in lines[4]
     [received] = smtp_server.wait_for(1)
     assert received.subject == "eventmail test message"
     assert received.mail_from == "sales@example.com"
     assert received.rcpt_tos == ["ops@example.com"]
     assert received.message_id is not None
-    assert received.message_id in lines[3]
+    assert received.message_id in lines[4]
 
 
 def test_failure_exits_1_with_the_servers_reply(smtp_server_factory: SMTPServerFactory) -> None:

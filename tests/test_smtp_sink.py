@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
@@ -150,6 +151,28 @@ async def test_esp_profile_waits_before_the_data_reply(sink_process: Callable[..
         response = await client.data(make_message("slow").as_bytes())
         assert time.monotonic() - started >= 0.100
         assert response.code == 250
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_pipelining_is_offered_unless_turned_off(
+    sink_process: Callable[..., SinkProcess], pipelining: bool
+) -> None:
+    sink = sink_process(pipelining=pipelining)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sink.port)
+    try:
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"220 ")
+        writer.write(b"EHLO client.test\r\n")
+        ehlo = [await asyncio.wait_for(reader.readline(), 5)]
+        while ehlo[-1][3:4] == b"-":
+            ehlo.append(await asyncio.wait_for(reader.readline(), 5))
+        assert (b"250-PIPELINING\r\n" in ehlo) is pipelining
+        assert b"250-8BITMIME\r\n" in ehlo
+        # commands written together are answered one after the other either way
+        writer.write(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nRSET\r\n")
+        replies = [await asyncio.wait_for(reader.readline(), 5) for _ in range(3)]
+        assert [reply[:4] for reply in replies] == [b"250 "] * 3
+    finally:
+        writer.close()
 
 
 async def test_sigint_stops_the_process_cleanly(sink_process: Callable[..., SinkProcess]) -> None:

@@ -110,6 +110,9 @@ class SinkConfig:
     #: the k-th ``random.Random(seed).random()`` is below ``drop_rate``, else failed if it is below
     #: ``drop_rate + fail_rate``.
     seed: int | None = None
+    #: Offer PIPELINING (RFC 2920) in the EHLO reply, as MTAs and ESPs do (aiosmtpd reads pipelined
+    #: commands either way; off, clients send one command at a time).
+    pipelining: bool = True
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -184,6 +187,14 @@ class _SinkHandler:
 
     def __init__(self, sink: SinkServer) -> None:
         self.sink = sink
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.sink.config.pipelining:
+            responses.insert(-1, "250-PIPELINING")  # before the last line, "250 HELP"
+        return responses
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -451,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse this recipient with 550 (repeatable)",
     )
     parser.add_argument("--seed", type=int, help="seed of the fail/drop draw, for a reproducible pattern")
+    parser.add_argument(
+        "--no-pipelining",
+        dest="pipelining",
+        action="store_false",
+        help="do not offer PIPELINING in the EHLO reply (clients then send one command at a time)",
+    )
     return parser
 
 
@@ -483,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             drop_rate=args.drop_rate,
             reject_rcpt=frozenset(args.reject_rcpt),
             seed=args.seed,
+            pipelining=args.pipelining,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -523,6 +541,7 @@ def sink_command(
     drop_rate: float = 0.0,
     reject_rcpt: Iterable[str] = (),
     seed: int | None = None,
+    pipelining: bool = True,
     python: str = sys.executable,
 ) -> list[str]:
     """The command line that runs the sink with these options."""
@@ -540,6 +559,8 @@ def sink_command(
         command += ["--reject-rcpt", address]
     if seed is not None:
         command += ["--seed", str(seed)]
+    if not pipelining:
+        command.append("--no-pipelining")
     return command
 
 
@@ -555,6 +576,7 @@ def spawn_sink_process(
     drop_rate: float = 0.0,
     reject_rcpt: Iterable[str] = (),
     seed: int | None = None,
+    pipelining: bool = True,
     python: str = sys.executable,
     ready_timeout: float = 15.0,
     stderr: int | IO[Any] | None = None,
@@ -576,6 +598,7 @@ def spawn_sink_process(
         drop_rate=drop_rate,
         reject_rcpt=reject_rcpt,
         seed=seed,
+        pipelining=pipelining,
         python=python,
     )
     return start_sink_command(command, ready_timeout=ready_timeout, stderr=stderr, env=env)

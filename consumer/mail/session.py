@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib import SMTP, SMTPResponse, SMTPStatus
 from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, PERIOD_REGEX, normalize_message_line_endings
 
 from consumer.mail.errors import (
     ConnectionDroppedError,
@@ -28,6 +29,7 @@ from consumer.mail.errors import (
     TransientSendError,
 )
 from consumer.mail.params import ConnectionParams
+from consumer.mail.pipelining import ReplyReader, install, reader_of
 from consumer.settings import Encryption, SmtpSettings
 
 Trace = Callable[[str], None]
@@ -58,8 +60,10 @@ async def open_session(
     tls_context: ssl.SSLContext | None,
     local_hostname: str,
     trace: Trace = _no_trace,
+    pipelining: bool = True,
 ) -> SMTP:
-    """A connected, greeted, encrypted (as configured) and authenticated client."""
+    """A connected, greeted, encrypted (as configured) and authenticated client; with ``pipelining``,
+    one that pipelines its transactions when the server offers PIPELINING (RFC 2920)."""
     implicit = params.encryption is Encryption.SSL
     client = SMTP(
         hostname=params.host,
@@ -89,6 +93,8 @@ async def open_session(
         if params.login:
             reply = await client.login(params.login, params.secret() or "", timeout=timeouts.command)
             trace(f"authenticated as {params.login}: {_reply(reply)}")
+        if pipelining and install(client) is not None:
+            trace("pipelining: MAIL, RCPT and DATA in one write (the server offers PIPELINING)")
     except BaseException as exc:
         client.close()
         if isinstance(exc, SendError):
@@ -132,7 +138,8 @@ async def transaction(
     smtputf8: bool,
 ) -> Delivered:
     """MAIL, RCPT per recipient, DATA. Recipients refused while others were accepted are reported in
-    the result; when every recipient is refused the whole transaction fails."""
+    the result; when every recipient is refused the whole transaction fails. On a session that
+    pipelines (:func:`open_session`), the same transaction in two round trips (:func:`_pipelined`)."""
     options: list[str] = []
     encoding = "ascii"
     if smtputf8:
@@ -146,6 +153,9 @@ async def transaction(
         encoding = "utf-8"
     if client.supports_extension("size"):
         options.append(f"SIZE={len(data)}")
+    reader = reader_of(client)
+    if reader is not None and not client.is_ehlo_or_helo_needed:
+        return await _pipelined(client, reader, params, timeouts, sender, recipients, data, options, encoding)
     await _mail(client, sender, options, encoding, timeouts.command)
     refused: dict[str, Refusal] = {}
     accepted: list[str] = []
@@ -161,6 +171,84 @@ async def transaction(
         raise _all_refused(params, refused)
     response = await client.data(data, timeout=timeouts.data)
     return Delivered(response.code, response.message, tuple(accepted), refused)
+
+
+async def _pipelined(
+    client: SMTP,
+    reader: ReplyReader,
+    params: ConnectionParams,
+    timeouts: Timeouts,
+    sender: str,
+    recipients: Sequence[str],
+    data: bytes,
+    options: list[str],
+    encoding: str,
+) -> Delivered:
+    """:func:`transaction` with PIPELINING: MAIL, every RCPT and DATA in one write, then the content.
+    The replies are read in order and mean what they mean one command at a time: the same results,
+    the same exceptions, the same bytes on the wire once the commands are split into lines."""
+    mail = b"MAIL FROM:" + _quoted(sender, encoding)
+    if options:
+        mail += b" " + " ".join(options).encode("ascii")
+    commands = [mail, *(b"RCPT TO:" + _quoted(recipient, encoding) for recipient in recipients), b"DATA"]
+    if any(COMMAND_INJECTION_REGEX.search(command) for command in commands):
+        raise ValueError("Command arg contains a prohibited control character")
+    group = b"\r\n".join(commands) + b"\r\n"
+    replies = await _exchange(client, reader, group, len(commands), timeouts.command)
+    # Fewer replies than commands: the server closed the connection after the last one (a 421, say).
+    go_ahead = replies[-1] if len(replies) == len(commands) else None
+    started_data = go_ahead is not None and go_ahead.code == SMTPStatus.start_input
+    if replies[0].code != SMTPStatus.completed:
+        if started_data:
+            client.close()  # a server that takes DATA after refusing MAIL: end it without a message
+        raise aiosmtplib.SMTPSenderRefused(replies[0].code, replies[0].message, sender)
+    refused: dict[str, Refusal] = {}
+    accepted: list[str] = []
+    for recipient, reply in zip(recipients, replies[1:], strict=False):
+        if reply.code in (SMTPStatus.completed, SMTPStatus.will_forward):
+            accepted.append(recipient)
+        else:
+            refused[recipient] = Refusal(reply.code, reply.message)
+    if len(accepted) + len(refused) < len(recipients):
+        raise _closed_early(client, replies)
+    if not accepted:
+        if started_data:
+            client.close()  # RFC 2920: DATA taken with no recipient; closing sends nothing
+        await reset(client, timeouts)
+        raise _all_refused(params, refused)
+    if go_ahead is None:
+        raise _closed_early(client, replies)
+    if not started_data:
+        raise aiosmtplib.SMTPDataError(go_ahead.code, go_ahead.message)
+    content = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+    (reply,) = await _exchange(client, reader, content, 1, timeouts.data)
+    if reply.code != SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+    return Delivered(reply.code, reply.message, tuple(accepted), refused)
+
+
+def _closed_early(client: SMTP, replies: list[SMTPResponse]) -> aiosmtplib.SMTPServerDisconnected:
+    """The error of a command the server closed the connection before answering, in aiosmtplib's
+    words: after a 421 it closed the session itself, else the server did."""
+    client.close()
+    closing = replies[-1].code == SMTPStatus.domain_unavailable
+    return aiosmtplib.SMTPServerDisconnected("Server not connected" if closing else "Connection lost")
+
+
+async def _exchange(
+    client: SMTP, reader: ReplyReader, payload: bytes, replies: int, seconds: float
+) -> list[SMTPResponse]:
+    """``reader.exchange``, closing the session as aiosmtplib does when the replies cannot be trusted
+    to pair with the commands any more (a timeout, a lost connection, a malformed reply), and after a
+    421 (the server is closing the channel)."""
+    try:
+        answers = await reader.exchange(payload, replies, seconds)
+    except BaseException:
+        client.close()
+        raise
+    if any(answer.code == SMTPStatus.domain_unavailable for answer in answers):
+        client.close()
+    return answers
 
 
 @functools.lru_cache(maxsize=4096)

@@ -156,7 +156,12 @@ class Transport:
                     f"cannot set up TLS: {exc}", connection=params.name, reason="tls"
                 ) from None
         return await open_session(
-            params, self.timeouts, route.tls_context, self.local_hostname, self._trace or _silent
+            params,
+            self.timeouts,
+            route.tls_context,
+            self.local_hostname,
+            self._trace or _silent,
+            pipelining=self.settings.pipelining,
         )
 
     async def send(

@@ -32,7 +32,8 @@ In an async test over TLS, ``await server.wait_idle_async()`` before the test re
 TLS shutdown then completes in the test's own loop instead of being cut off when that loop closes.
 
 Options of every kind include ``smtputf8=False`` (the server does not offer SMTPUTF8, as many MTAs
-do not) and the records' ``ehlo`` (the name the client greeted with).
+do not), ``pipelining=False`` (the server does not offer PIPELINING, RFC 2920; it is offered by
+default, as MTAs and ESPs do) and the records' ``ehlo`` (the name the client greeted with).
 
 The "first N" of ``fail_times`` / ``drop_times`` / ``hang_times`` counts transactions, i.e. MAIL
 commands received by this server since it was created (``server.attempts``); ``None`` means all.
@@ -255,6 +256,14 @@ class _Handler:
     def __init__(self, owner: SMTPTestServer) -> None:
         self.owner = owner
 
+    async def handle_EHLO(
+        self, server: _TestSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.owner.pipelining:
+            responses.insert(-1, "250-PIPELINING")  # before the last line, "250 HELP"
+        return responses
+
     async def handle_MAIL(
         self, server: _TestSMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
@@ -373,6 +382,7 @@ class SMTPTestServer:
         reply_delay: float = 0.0,
         data_reply_delay: float | None = None,
         smtputf8: bool = True,
+        pipelining: bool = True,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown SMTP test server kind {kind!r}; one of {', '.join(KINDS)}")
@@ -417,6 +427,7 @@ class SMTPTestServer:
         self.reply_delay = reply_delay
         self.data_reply_delay = data_reply_delay
         self.smtputf8 = smtputf8
+        self.pipelining = pipelining
 
         self._handler = _Handler(self)
         self._lock = threading.RLock()
