@@ -96,6 +96,20 @@ def test_headers_envelope_and_bcc() -> None:
     assert not built.smtputf8
 
 
+def test_as_many_recipients_as_a_rule_may_have_fold_and_read_back() -> None:
+    # 100 addresses in To and in Cc (a rule's maximum): headers longer than a line, folded; reading
+    # the folded header back to check its addresses once raised "address parts cannot contain CR or LF"
+    to = tuple(A(f"recipient-{n}@example.com", f"Recipient {n}") for n in range(100))
+    cc = tuple(A(f"copy-{n}@example.com") for n in range(100))
+    built = build(to=to, cc=cc)
+    parsed = parse(built)
+    assert [a.addr_spec for a in parsed["To"].addresses] == [a.email for a in to]
+    assert [a.addr_spec for a in parsed["Cc"].addresses] == [a.email for a in cc]
+    assert max(len(line) for line in built.data.split(b"\r\n")) <= 998
+    assert built.data.count(b"\r\n recipient") + built.data.count(b"\r\n Recipient") >= 1  # folded
+    assert len(built.recipients) == 200
+
+
 def test_message_id_is_deterministic_per_event_and_rule() -> None:
     first, again = build(), build(subject="another render")
     assert first.message_id == again.message_id == message_id_for("ev-1", "r-1", "example.com")

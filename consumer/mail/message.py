@@ -85,6 +85,10 @@ def _parsed(policy: _ReusingPolicy, name: str, value: str) -> BaseHeader:
     return cast(BaseHeader, EmailPolicy.header_store_parse(policy, name, value)[1])
 
 
+#: A line break that folds a header (RFC 5322 2.2.3): removed, the header reads as one line again.
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _folded(policy: _ReusingPolicy, name: str, header: BaseHeader) -> bytes:
     """``header`` (a str) is compared by its text: the name gives its kind, and what it was parsed
@@ -93,7 +97,7 @@ def _folded(policy: _ReusingPolicy, name: str, header: BaseHeader) -> bytes:
     expected = [a.addr_spec.lower() for a in getattr(header, "addresses", ())]
     if expected:
         text = folded.decode("utf-8", "surrogateescape").split(":", 1)[1]
-        read = email_policy_default.header_factory(name, text.strip())
+        read = email_policy_default.header_factory(name, _UNFOLD.sub("", text).strip())
         if [a.addr_spec.lower() for a in getattr(read, "addresses", ())] != expected:
             where = "sender" if name.lower() == "from" else name.lower()
             raise MessageError(f"{where}.name", "would be read as another address")
