@@ -27,19 +27,19 @@ from consumer.mail import (
     Rendered,
     SendError,
     SendResult,
-    SendTimeoutError,
     Transport,
     build_message,
 )
 from consumer.mail.message import BuiltMessage
 from consumer.mail.pipelining import reader_of
-from consumer.mail.session import Timeouts, open_session
+from consumer.mail.session import Delivered, Timeouts, open_session, transaction
 from consumer.settings import Encryption, SmtpSettings
-from tests.support.smtp import SMTPServerFactory, SMTPTestServer
+from tests.support.smtp import CertificateAuthority, SMTPServerFactory, SMTPTestServer
 
+#: The command and data timeouts differ, so a reply waited for with the wrong one shows.
 FAST = SmtpSettings(
     connect_timeout_seconds=2.0,
-    command_timeout_seconds=1.0,
+    command_timeout_seconds=0.3,
     data_timeout_seconds=1.0,
     in_place_retries=0,
     retry_base_seconds=0.01,
@@ -81,6 +81,16 @@ class Script:
     #: Answer nothing of a transaction before its DATA line arrived (only a pipelining client gets
     #: any reply), then every reply in one write.
     lockstep: bool = False
+    #: Close the connection after a 421 reply (as RFC 5321 says); False: keep answering.
+    close_on_421: bool = True
+    #: Seconds to wait before answering a verb (``MAIL``, ``RCPT``, ``DATA``, ``.``).
+    delay: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def answers_mail_alone(self) -> bool:
+        """The reply to MAIL goes out before the server reads on (so no read-ahead shows)."""
+        mail = self.replies.get("MAIL", b"")
+        return mail.startswith(b"421") or "MAIL" in (self.close_after, self.hang_at)
 
 
 class ScriptedServer:
@@ -92,6 +102,8 @@ class ScriptedServer:
         self.lines: list[bytes] = []
         self.messages: list[bytes] = []
         self.connections = 0
+        #: The most commands read at once before the first of them was answered: 1 one at a time.
+        self.read_ahead = 0
         self._server: asyncio.AbstractServer | None = None
 
     async def __aenter__(self) -> ScriptedServer:
@@ -113,23 +125,31 @@ class ScriptedServer:
         pending: list[bytes] = []
         state: dict[str, Any] = {"mail": False, "rcpts": 0}
 
-        async def send(reply: bytes, verb: str) -> bool:
-            """Answer (or hold, in lockstep); False once the connection is to end."""
-            if verb == script.hang_at:
-                await asyncio.Event().wait()
-            if script.lockstep and verb in ("MAIL", "RCPT"):
-                pending.append(reply)
-                return True
-            chunks = [*pending, reply]
-            pending.clear()
+        async def write(data: bytes) -> None:
             if script.bytewise:
-                for byte in b"".join(chunks):
+                for byte in data:
                     writer.write(bytes([byte]))
                     await writer.drain()
             else:
-                writer.write(b"".join(chunks))
+                writer.write(data)
                 await writer.drain()
-            if verb == script.close_after or reply.startswith(b"421"):
+
+        async def send(reply: bytes, verb: str) -> bool:
+            """Answer (or hold, in lockstep); False once the connection is to end."""
+            self.read_ahead = max(self.read_ahead, len(pending) + 1)
+            closing = verb == script.close_after or (reply.startswith(b"421") and script.close_on_421)
+            if verb == script.hang_at or verb in script.delay:
+                await write(b"".join(pending))  # what was processed before goes out first
+                pending.clear()
+                if verb == script.hang_at:
+                    await asyncio.Event().wait()
+                await asyncio.sleep(script.delay[verb])
+            if script.lockstep and verb in ("MAIL", "RCPT") and not closing:
+                pending.append(reply)
+                return True
+            await write(b"".join([*pending, reply]))
+            pending.clear()
+            if closing:
                 writer.close()
                 return False
             return True
@@ -191,88 +211,104 @@ class ScriptedServer:
 
 @dataclass(frozen=True)
 class Sent:
-    """What a send came to: equal across the two modes when the result (or error) and the messages
-    the server kept are (the command lines differ: pipelined, MAIL's refusal comes after the RCPTs)."""
+    """What sending a message twice on one transport came to. Equal across the modes when what each
+    send said, the messages the server kept and the connections it saw are; the command lines
+    differ (pipelined, the RCPTs and DATA follow a MAIL that is then refused)."""
 
-    result: tuple[Any, ...] | None
-    error: tuple[Any, ...] | None
-    lines: tuple[bytes, ...] = field(compare=False)
+    said: tuple[tuple[Any, ...], ...]
     messages: tuple[bytes, ...]
+    connections: int
+    lines: tuple[bytes, ...] = field(compare=False)
+    read_ahead: int = field(compare=False)
+
+    @property
+    def first(self) -> tuple[Any, ...]:
+        return self.said[0]
 
 
-def outcome(result: SendResult | None, error: SendError | None) -> tuple[Any, ...]:
+def outcome(result: SendResult | None, error: SendError | None, port: int = 0) -> tuple[Any, ...]:
+    """A send's result (code, reply, accepted, refused) or error (class, text with the server's port
+    as PORT, code, reply, reason, refused)."""
     if result is not None:
         return (result.code, result.reply, result.accepted, result.refused)
     assert error is not None
-    return (type(error).__name__, str(error), error.code, error.reply, error.reason, error.refused)
+    text = str(error).replace(f":{port}", ":PORT")
+    return (type(error).__name__, text, error.code, error.reply, error.reason, error.refused)
 
 
-async def send_scripted(script: Script, message: BuiltMessage, settings: SmtpSettings = FAST) -> Sent:
+async def send_scripted(
+    script: Script, message: BuiltMessage, settings: SmtpSettings = FAST, sends: int = 2
+) -> Sent:
     async with ScriptedServer(script) as server:
         transport = Transport(settings, local_hostname="client.test")
-        result: SendResult | None = None
-        error: SendError | None = None
+        said = []
         try:
-            result = await transport.send(plain("127.0.0.1", server.port), message)
-        except SendError as exc:
-            error = exc
+            for _ in range(sends):
+                try:
+                    said.append(outcome(await transport.send(plain("127.0.0.1", server.port), message), None))
+                except SendError as exc:
+                    said.append(outcome(None, exc, server.port))
         finally:
             await transport.close()
-        lines = tuple(line for line in server.lines if not line.startswith((b"EHLO", b"QUIT")))
-        said = None if error is None else outcome(None, error)
-        if said is not None:  # the address names this server's port: the same text on either server
-            said = (said[0], said[1].replace(f":{server.port}", ":PORT"), *said[2:])
         return Sent(
-            None if result is None else outcome(result, None),
-            said,
-            lines,
+            tuple(said),
             tuple(server.messages),
+            server.connections,
+            tuple(line for line in server.lines if not line.startswith((b"EHLO", b"QUIT"))),
+            server.read_ahead,
         )
 
 
 async def both_ways(script: Script, message: BuiltMessage) -> Sent:
-    """The send with PIPELINING offered and without: equal; the pipelined one."""
-    pipelined = await send_scripted(dataclasses.replace(script, pipelining=True), message)
-    one_at_a_time = await send_scripted(dataclasses.replace(script, pipelining=False), message)
+    """The sends pipelined (with the server holding its replies until DATA arrives, and not) and one
+    command at a time: all equal; the first."""
+    held, pipelined, one_at_a_time = [
+        await send_scripted(dataclasses.replace(script, pipelining=pipelining, lockstep=lockstep), message)
+        for pipelining, lockstep in ((True, True), (True, False), (False, False))
+    ]
+    assert held == one_at_a_time
     assert pipelined == one_at_a_time
-    return pipelined
+    # the client did pipeline: the server read on while its reply to MAIL waited
+    assert held.read_ahead >= 2 or script.answers_mail_alone
+    assert one_at_a_time.read_ahead == 1
+    return held
 
 
 # -- the proof that the client pipelines ----------------------------------------------------------------
 
+LOOPS = ["uvloop", "asyncio"]
+
 
 async def test_the_commands_go_together_when_the_server_offers_pipelining() -> None:
     # lockstep: no reply before the DATA line, so a client waiting for MAIL's reply would time out
-    sent = await send_scripted(Script(lockstep=True), built(to=("a@example.com", "b@example.com")))
-    assert sent.error is None
-    assert sent.result is not None
-    assert sent.result[0] == 250
+    sent = await send_scripted(Script(lockstep=True), built(to=("a@example.com", "b@example.com")), sends=1)
+    assert sent.first[:3] == (250, "2.0.0 queued as 1", ("a@example.com", "b@example.com"))
     assert [line.split(b":")[0] for line in sent.lines] == [b"MAIL FROM", b"RCPT TO", b"RCPT TO", b"DATA\r\n"]
+    assert sent.read_ahead == 4  # MAIL, both RCPTs and DATA read before MAIL was answered
     assert len(sent.messages) == 1
 
 
 async def test_without_pipelining_offered_the_client_waits_for_each_reply() -> None:
-    sent = await send_scripted(Script(lockstep=True, pipelining=False), built())
-    assert sent.error is not None
-    assert sent.error[0] == "SendTimeoutError"
-    assert sent.lines == (b"MAIL FROM:<sales@example.com> SIZE=" + sent.lines[0].split(b"SIZE=")[1],)
+    sent = await send_scripted(Script(lockstep=True, pipelining=False), built(), sends=1)
+    assert sent.first[0] == "SendTimeoutError"
+    (mail,) = sent.lines
+    assert mail.startswith(b"MAIL FROM:<sales@example.com> SIZE=")
     assert sent.messages == ()
 
 
 async def test_the_setting_turns_pipelining_off() -> None:
     off = FAST.model_copy(update={"pipelining": False})
-    sent = await send_scripted(Script(lockstep=True, pipelining=True), built(), off)
-    assert sent.error is not None
-    assert sent.error[0] == "SendTimeoutError"
+    sent = await send_scripted(Script(lockstep=True, pipelining=True), built(), off, sends=1)
+    assert sent.first[0] == "SendTimeoutError"
     async with ScriptedServer(Script()) as server:
         timeouts = Timeouts.from_settings(FAST)
-        for pipelining, expected in ((True, True), (False, False)):
+        for pipelining in (True, False):
             traced: list[str] = []
             client = await open_session(
                 plain("127.0.0.1", server.port), timeouts, None, "c", traced.append, pipelining=pipelining
             )
-            assert (reader_of(client) is not None) is expected
-            assert any(line.startswith("pipelining: ") for line in traced) is expected
+            assert (reader_of(client) is not None) is pipelining
+            assert any(line.startswith("pipelining: ") for line in traced) is pipelining
             client.close()
 
 
@@ -283,78 +319,113 @@ async def test_a_delivered_mail_is_the_same_either_way() -> None:
     body = ".starts with a dot\n..two\nlone\rcarriage\r\n.\nno final newline"
     message = built(body=body, to=("a@example.com", "b@example.com"))
     sent = await both_ways(Script(), message)
-    assert sent.result == (250, "2.0.0 queued as 1", ("a@example.com", "b@example.com"), {})
+    assert sent.said == ((250, "2.0.0 queued as 1", ("a@example.com", "b@example.com"), {}),) * 2
+    assert sent.connections == 1
     # every line that starts with a dot gets another (RFC 5321 4.5.2), then the final dot
-    (content,) = sent.messages
+    content = sent.messages[0]
     assert b"\r\n..starts with a dot\r\n...two\r\n" in content
     assert content == message.data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
-@pytest.mark.parametrize(
-    "script",
-    [
-        pytest.param(Script(bytewise=True), id="replies-a-byte-at-a-time"),
-        pytest.param(
-            Script(replies={"MAIL": b"250-2.1.0 sender\r\n250-second line\r\n250 ok\r\n"}), id="multiline"
+_421 = b"421 4.3.2 closing\r\n"
+CASES = [
+    pytest.param(Script(bytewise=True), id="replies-a-byte-at-a-time"),
+    pytest.param(
+        Script(replies={"MAIL": b"250-2.1.0 sender\r\n250-second line\r\n250 ok\r\n"}), id="multiline"
+    ),
+    pytest.param(Script(replies={"MAIL": b"451 4.3.0 busy, later\r\n"}), id="mail-451"),
+    pytest.param(Script(replies={"MAIL": b"550 5.7.1 sender refused\r\n"}), id="mail-550"),
+    pytest.param(Script(replies={"MAIL": _421}), id="mail-421-closes"),
+    pytest.param(Script(replies={"MAIL": _421}, close_on_421=False), id="mail-421-then-answers"),
+    pytest.param(
+        Script(replies={"RCPT b@example.com": b"550 5.1.1 no such user\r\n"}), id="one-rcpt-refused"
+    ),
+    pytest.param(
+        Script(
+            replies={
+                "RCPT a@example.com": b"550 5.1.1 no such user\r\n",
+                "RCPT b@example.com": b"450 4.2.1 greylisted\r\n",
+            }
         ),
-        pytest.param(Script(replies={"MAIL": b"451 4.3.0 busy, later\r\n"}), id="mail-451"),
-        pytest.param(Script(replies={"MAIL": b"550 5.7.1 sender refused\r\n"}), id="mail-550"),
-        pytest.param(Script(replies={"MAIL": b"421 4.3.2 closing\r\n"}), id="mail-421-closes"),
-        pytest.param(
-            Script(replies={"RCPT b@example.com": b"550 5.1.1 no such user\r\n"}), id="one-rcpt-refused"
-        ),
-        pytest.param(
-            Script(
-                replies={
-                    "RCPT a@example.com": b"550 5.1.1 no such user\r\n",
-                    "RCPT b@example.com": b"450 4.2.1 greylisted\r\n",
-                }
-            ),
-            id="every-rcpt-refused",
-        ),
-        pytest.param(Script(replies={"RCPT a@example.com": b"421 4.3.2 closing\r\n"}), id="rcpt-421-closes"),
-        pytest.param(Script(replies={"DATA": b"451 4.3.0 no DATA now\r\n"}), id="data-451"),
-        pytest.param(Script(replies={".": b"552 5.3.4 too big\r\n"}), id="content-552"),
-        pytest.param(Script(replies={".": b"451 4.3.0 try later\r\n"}), id="content-451"),
-        pytest.param(Script(replies={"MAIL": b"25x what\r\n"}), id="malformed-reply"),
-        pytest.param(Script(close_after="MAIL"), id="closed-after-mail"),
-        pytest.param(Script(close_after="RCPT"), id="closed-after-rcpt"),
-        pytest.param(Script(hang_at="RCPT"), id="no-reply-to-rcpt"),
-        pytest.param(Script(hang_at="."), id="no-reply-to-the-content"),
-    ],
-)
-async def test_each_reply_means_the_same_pipelined(script: Script) -> None:
-    await both_ways(script, built(to=("a@example.com", "b@example.com")))
+        id="every-rcpt-refused",
+    ),
+    pytest.param(Script(replies={"RCPT a@example.com": _421}), id="first-rcpt-421-closes"),
+    pytest.param(Script(replies={"RCPT b@example.com": _421}), id="last-rcpt-421-closes"),
+    pytest.param(
+        Script(replies={"RCPT a@example.com": _421}, close_on_421=False), id="rcpt-421-then-answers"
+    ),
+    pytest.param(
+        Script(replies={"RCPT b@example.com": _421}, close_on_421=False), id="last-rcpt-421-then-354"
+    ),
+    pytest.param(Script(replies={"DATA": b"451 4.3.0 no DATA now\r\n"}), id="data-451"),
+    pytest.param(Script(replies={"DATA": _421}), id="data-421"),
+    pytest.param(Script(replies={".": b"552 5.3.4 too big\r\n"}), id="content-552"),
+    pytest.param(Script(replies={".": b"451 4.3.0 try later\r\n"}), id="content-451"),
+    pytest.param(Script(replies={"MAIL": b"25x what\r\n"}), id="malformed-reply-to-mail"),
+    pytest.param(Script(replies={"RCPT b@example.com": b"what\r\n"}), id="malformed-reply-to-rcpt"),
+    pytest.param(Script(close_after="MAIL"), id="closed-after-mail"),
+    pytest.param(Script(close_after="RCPT"), id="closed-after-rcpt"),
+    pytest.param(Script(hang_at="RCPT"), id="no-reply-to-rcpt"),
+    pytest.param(Script(hang_at="."), id="no-reply-to-the-content"),
+    # DATA's reply has the data timeout, not the command timeout, either way
+    pytest.param(
+        Script(delay={"DATA": (FAST.command_timeout_seconds + FAST.data_timeout_seconds) / 2}), id="slow-354"
+    ),
+    pytest.param(
+        Script(delay={"RCPT": FAST.command_timeout_seconds * 1.5}), id="rcpt-slower-than-its-timeout"
+    ),
+]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("script", CASES)
+def test_each_reply_means_the_same_pipelined(script: Script, loop: str) -> None:
+    eventloop.run(both_ways(script, built(to=("a@example.com", "b@example.com"))), loop)
+
+
+def test_a_burst_of_long_refusals_larger_than_one_replys_limit() -> None:
+    # 99 recipients refused with 4-line replies: about 35 KB of replies in a burst, over aiosmtplib's
+    # 32 KiB limit for one reply, which each of them is far below
+    refusal = b"".join(
+        b"550-5.1.1 The email account that you tried to reach does not exist; see the help page %d\r\n" % n
+        for n in range(3)
+    )
+    refusal += b"550 5.1.1 Please try double-checking the recipient's email address for typos.\r\n"
+    recipients = (*tuple(f"r{n}@example.com" for n in range(99)), "ok@example.com")
+    script = Script(replies={f"RCPT r{n}@example.com": refusal for n in range(99)})
+    assert len(refusal) * 99 > 32 * 1024
+    sent = eventloop.run(both_ways(script, built(to=recipients)))
+    code, _, accepted, refused = sent.first
+    assert (code, accepted) == (250, ("ok@example.com",))
+    assert len(refused) == 99
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_refused_mail_then_silence_is_the_refusal(loop: str) -> None:
+    # MAIL refused, then no reply to the RCPTs: one at a time never sends them; pipelined, the 550 read
+    # before the silence decides, and the session that stopped answering is closed
+    script = Script(replies={"MAIL": b"550 5.7.1 not you\r\n"}, hang_at="RCPT", pipelining=True)
+    pipelined = eventloop.run(send_scripted(script, built(), sends=1), loop)
+    one_at_a_time = eventloop.run(
+        send_scripted(dataclasses.replace(script, pipelining=False), built(), sends=1), loop
+    )
+    assert pipelined.first == one_at_a_time.first
+    assert pipelined.first[:4] == (
+        "PermanentSendError",
+        "relay: sending: server replied 550 5.7.1 not you",
+        550,
+        "5.7.1 not you",
+    )
 
 
 async def test_data_taken_with_no_recipient_sends_no_content() -> None:
     # a broken server: every RCPT refused, DATA answered 354 anyway (RFC 2920 3.1)
-    script = Script(
-        replies={"RCPT a@example.com": b"550 5.1.1 no\r\n", "DATA": b"354 go ahead anyway\r\n"},
-        pipelining=True,
-    )
+    script = Script(replies={"RCPT a@example.com": b"550 5.1.1 no\r\n", "DATA": b"354 go ahead anyway\r\n"})
     sent = await send_scripted(script, built(to=("a@example.com",)))
-    assert sent.error is not None
-    assert sent.error[0] == "PermanentSendError"
-    assert "every recipient was refused" in sent.error[1]
+    assert sent.first[0] == "PermanentSendError"
+    assert "every recipient was refused" in sent.first[1]
     assert sent.messages == ()
-
-
-async def test_a_timeout_discards_the_session_and_the_next_send_reconnects() -> None:
-    script = Script(hang_at="RCPT")
-    async with ScriptedServer(script) as server:
-        transport = Transport(FAST, local_hostname="client.test")
-        params = plain("127.0.0.1", server.port)
-        try:
-            with pytest.raises(SendTimeoutError):
-                await transport.send(params, built(1))
-            assert transport.pool_size(params) == 0
-            script.hang_at = None
-            result = await transport.send(params, built(2))
-            assert result.code == 250
-            assert server.connections == 2
-        finally:
-            await transport.close()
+    assert sent.connections == 2  # the session that took DATA was closed, not reused
 
 
 async def test_a_refused_mail_leaves_a_session_that_rsets_and_sends_the_next_one() -> None:
@@ -376,32 +447,52 @@ async def test_a_refused_mail_leaves_a_session_that_rsets_and_sends_the_next_one
             await transport.close()
 
 
-# -- aiosmtpd, both event loops, the pool under load ----------------------------------------------------
+# -- aiosmtpd: TLS, both event loops, any message ----------------------------------------------------
 
 
-@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-def test_pipelined_sends_on_both_event_loops(loop: str, smtp_server_factory: SMTPServerFactory) -> None:
-    server = smtp_server_factory("reject_rcpt", reject_rcpt=["nobody@example.com"])
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("kind", ["plain", "starttls", "ssl"])
+def test_sessions_pipeline_over_tls_on_both_event_loops(
+    kind: str, loop: str, smtp_server_factory: SMTPServerFactory, smtp_ca: CertificateAuthority
+) -> None:
+    server = smtp_server_factory(kind, reject_rcpt=["nobody@example.com"])
+    encryption = {"plain": Encryption.NONE, "starttls": Encryption.TLS, "ssl": Encryption.SSL}[kind]
+    params = ConnectionParams(name="relay", host=server.host, port=server.port, encryption=encryption)
+    context = smtp_ca.client_context() if kind != "plain" else None
 
-    async def main() -> list[SendResult]:
-        transport = Transport(FAST, local_hostname="client.test")
-        params = plain(server.host, server.port)
+    async def main() -> list[Delivered]:
+        traced: list[str] = []
+        client = await open_session(
+            params, Timeouts.from_settings(FAST), context, "client.test", traced.append
+        )
         try:
-            sends = [
-                transport.send(params, built(n, ("ops@example.com", "nobody@example.com"))) for n in range(50)
+            # the reader sits on the transport that carries the mail: the TLS one after STARTTLS
+            assert reader_of(client) is not None
+            assert traced[-1].startswith("pipelining: ")
+            return [
+                await transaction(
+                    client,
+                    params,
+                    Timeouts.from_settings(FAST),
+                    "sales@example.com",
+                    ["ops@example.com", "nobody@example.com"],
+                    built(n).data,
+                    False,
+                )
+                for n in range(3)
             ]
-            results = await asyncio.gather(*sends)
-            assert transport.pool_size(params) <= params.max_connections
-            return results
         finally:
-            await transport.close()
+            await client.quit()
 
-    results = eventloop.run(main(), loop)
-    assert {r.accepted for r in results} == {("ops@example.com",)}
-    assert {tuple(r.refused) for r in results} == {("nobody@example.com",)}
-    received = server.wait_for(50)
-    assert sorted(m.subject or "" for m in received) == sorted(f"message {n}" for n in range(50))
-    assert {tuple(m.rcpt_tos) for m in received} == {("ops@example.com",)}
+    delivered = eventloop.run(main(), loop)
+    assert [(d.code, d.accepted, tuple(d.refused)) for d in delivered] == [
+        (250, ("ops@example.com",), ("nobody@example.com",))
+    ] * 3
+    received = server.wait_for(3)
+    assert [m.subject for m in received] == ["message 0", "message 1", "message 2"]
+    assert {m.tls for m in received} == {None if kind == "plain" else kind}
+    assert {m.connection for m in received} == {received[0].connection}
+    server.wait_idle()
 
 
 @pytest.fixture

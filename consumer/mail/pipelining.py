@@ -16,9 +16,12 @@ the server's EHLO reply offers PIPELINING; :func:`reader_of` finds it again. A s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aiosmtplib import (
     SMTP,
+    SMTPException,
     SMTPReadTimeoutError,
     SMTPResponse,
     SMTPResponseException,
@@ -27,7 +30,18 @@ from aiosmtplib import (
 )
 from aiosmtplib.protocol import MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH, SMTPProtocol
 
-__all__ = ["ReplyReader", "install", "reader_of"]
+__all__ = ["Replies", "ReplyReader", "install", "reader_of"]
+
+
+@dataclass(frozen=True)
+class Replies:
+    """The replies to a pipelined group, in order. Fewer than the commands when the group ended
+    early: at a 421 (the server is closing the channel: nothing after it counts, as aiosmtplib sends
+    nothing after one), or when the connection was lost or a reply did not come in time (``cut``)."""
+
+    replies: list[SMTPResponse]
+    #: Why a reply is missing, when it is not a 421: SMTPServerDisconnected or SMTPReadTimeoutError.
+    cut: SMTPException | None = None
 
 
 class ReplyReader(asyncio.Protocol):
@@ -38,22 +52,20 @@ class ReplyReader(asyncio.Protocol):
         self._inner = inner
         self._buffer = bytearray()
         self._replies: list[SMTPResponse] = []
-        self._expected = 0
-        self._waiter: asyncio.Future[list[SMTPResponse]] | None = None
-        self._timeout: float | None = None
+        self._seconds: Sequence[float] = ()
+        self._waiter: asyncio.Future[Replies] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    async def exchange(self, payload: bytes, replies: int, seconds: float | None) -> list[SMTPResponse]:
-        """Write ``payload`` (``replies`` commands, or a message's content) and return the server's
-        ``replies`` replies in order; fewer when the server closed the connection after them (a 421
-        reply, say), SMTPServerDisconnected when it closed it before the first one.
-        ``seconds`` bounds the wait for each reply (not the group's): SMTPReadTimeoutError when it
-        passes."""
+    async def exchange(self, payload: bytes, seconds: Sequence[float]) -> Replies:
+        """Write ``payload`` (commands, or a message's content) and read one reply per entry of
+        ``seconds``, each waited for that long after the one before. SMTPServerDisconnected or
+        SMTPReadTimeoutError when not even the first reply came; a :class:`Replies` cut short when
+        a later one did not."""
         if self._waiter is not None:
             raise RuntimeError("a pipelined group is already waiting for its replies")
-        waiter: asyncio.Future[list[SMTPResponse]] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Replies] = asyncio.get_running_loop().create_future()
         self._buffer.clear()
-        self._replies, self._expected, self._waiter, self._timeout = [], replies, waiter, seconds
+        self._replies, self._seconds, self._waiter = [], seconds, waiter
         try:
             self._inner.write(payload)  # SMTPServerDisconnected when the connection is gone
             self._arm()
@@ -71,26 +83,28 @@ class ReplyReader(asyncio.Protocol):
         self._buffer.extend(data)
         before = len(self._replies)
         try:
-            while len(self._replies) < self._expected:
+            while len(self._replies) < len(self._seconds):
                 reply = self._next_reply()
                 if reply is None:
                     if len(self._replies) > before:
-                        self._arm()  # the timeout bounds the wait for each reply, not the group's
+                        self._arm()  # each reply has its own time, counted from the one before
                     return
                 self._replies.append(reply)
+                if reply.code == SMTPStatus.domain_unavailable:
+                    break  # 421: the server is closing the channel; whatever follows is not an answer
         except SMTPResponseException as exc:
-            self._fail(exc)
+            self._end(exc, parsed=False)
             return
-        self._finish()
+        self._end(None)
 
     def eof_received(self) -> bool | None:
-        self._lost(SMTPServerDisconnected("Unexpected EOF received"))
+        self._end(SMTPServerDisconnected("Unexpected EOF received"))
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         error = SMTPServerDisconnected("Connection lost")
         error.__cause__ = exc
-        self._lost(error)
+        self._end(error)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -102,14 +116,16 @@ class ReplyReader(asyncio.Protocol):
     # -- inside ----------------------------------------------------------------------------------------
 
     def _next_reply(self) -> SMTPResponse | None:
-        """The first complete reply in the buffer, removed from it (aiosmtplib's parsing and limits);
-        None while it is incomplete."""
-        if len(self._buffer) > MAX_RESPONSE_LENGTH:
-            raise SMTPResponseException(SMTPStatus.invalid_response.value, "Response too long")
-        code, lines, offset = -1, [], 0
+        """The first complete reply in the buffer, removed from it; None while it is incomplete.
+        aiosmtplib's parsing and limits: a line over MAX_LINE_LENGTH, an unfinished reply over
+        MAX_RESPONSE_LENGTH (the replies before it are off the buffer by then) or a line without a
+        code raise SMTPResponseException."""
+        lines, offset = [], 0
         while True:
             end = self._buffer.find(b"\n", offset)
             if end < 0:
+                if len(self._buffer) > MAX_RESPONSE_LENGTH:
+                    raise SMTPResponseException(SMTPStatus.invalid_response.value, "Response too long")
                 return None
             line = bytes(self._buffer[offset : end + 1])
             if len(line) > MAX_LINE_LENGTH:
@@ -127,29 +143,24 @@ class ReplyReader(asyncio.Protocol):
                 del self._buffer[:offset]
                 return SMTPResponse(code, b"\n".join(lines).decode("utf-8", "surrogateescape"))
 
-    def _finish(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(self._replies)
+    def _end(self, error: SMTPException | None, parsed: bool = True) -> None:
+        """End the group: the replies so far, cut by ``error`` when there are some (and ``parsed``:
+        a malformed reply ends it with its error), else ``error`` itself."""
+        waiter = self._waiter
         self._disarm()
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(exc)
-        self._disarm()
-
-    def _lost(self, exc: SMTPServerDisconnected) -> None:
-        """The connection ended while a group waits: the replies so far, if there are any (the
-        caller reads what the server said before it left), else the error."""
-        if self._replies:
-            self._finish()
+        if waiter is None or waiter.done():
+            return
+        if error is None or (parsed and self._replies):
+            waiter.set_result(Replies(list(self._replies), error))
         else:
-            self._fail(exc)
+            waiter.set_exception(error)
 
     def _arm(self) -> None:
         """(Re)start the wait for the next reply."""
         self._disarm()
-        if self._timeout is not None and self._waiter is not None and not self._waiter.done():
-            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+        waiting = len(self._replies)
+        if self._waiter is not None and not self._waiter.done() and waiting < len(self._seconds):
+            self._timer = asyncio.get_running_loop().call_later(self._seconds[waiting], self._expire)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -158,7 +169,7 @@ class ReplyReader(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._timer = None
-        self._fail(SMTPReadTimeoutError("Timed out waiting for server response"))
+        self._end(SMTPReadTimeoutError("Timed out waiting for server response"))
 
 
 def install(client: SMTP) -> ReplyReader | None:

@@ -29,10 +29,12 @@ from consumer.mail.errors import (
     TransientSendError,
 )
 from consumer.mail.params import ConnectionParams
-from consumer.mail.pipelining import ReplyReader, install, reader_of
+from consumer.mail.pipelining import Replies, ReplyReader, install, reader_of
 from consumer.settings import Encryption, SmtpSettings
 
 Trace = Callable[[str], None]
+#: The replies to RCPT that accept the recipient (250, and 251: "will forward").
+_RECIPIENT_ACCEPTED = (SMTPStatus.completed, SMTPStatus.will_forward)
 
 
 def _no_trace(_: str) -> None:
@@ -186,7 +188,9 @@ async def _pipelined(
 ) -> Delivered:
     """:func:`transaction` with PIPELINING: MAIL, every RCPT and DATA in one write, then the content.
     The replies are read in order and mean what they mean one command at a time: the same results,
-    the same exceptions, the same bytes on the wire once the commands are split into lines."""
+    the same exceptions, the same session left open or closed, and the same bytes on the wire once
+    the commands are split into lines. Each reply has the time it has one command at a time (the
+    command timeout; DATA's, the data timeout)."""
     mail = b"MAIL FROM:" + _quoted(sender, encoding)
     if options:
         mail += b" " + " ".join(options).encode("ascii")
@@ -194,61 +198,75 @@ async def _pipelined(
     if any(COMMAND_INJECTION_REGEX.search(command) for command in commands):
         raise ValueError("Command arg contains a prohibited control character")
     group = b"\r\n".join(commands) + b"\r\n"
-    replies = await _exchange(client, reader, group, len(commands), timeouts.command)
-    # Fewer replies than commands: the server closed the connection after the last one (a 421, say).
+    seconds = [timeouts.command] * (len(commands) - 1) + [timeouts.data]
+    answered = await _exchange(client, reader, group, seconds)
+    replies = answered.replies
     go_ahead = replies[-1] if len(replies) == len(commands) else None
     started_data = go_ahead is not None and go_ahead.code == SMTPStatus.start_input
+    if started_data and not _may_send(replies):
+        # DATA taken though nothing may be sent: close rather than end an empty message with a dot
+        # (RFC 2920 3.1); a message left unfinished is never delivered
+        client.close()
     if replies[0].code != SMTPStatus.completed:
-        if started_data:
-            client.close()  # a server that takes DATA after refusing MAIL: end it without a message
         raise aiosmtplib.SMTPSenderRefused(replies[0].code, replies[0].message, sender)
     refused: dict[str, Refusal] = {}
     accepted: list[str] = []
     for recipient, reply in zip(recipients, replies[1:], strict=False):
-        if reply.code in (SMTPStatus.completed, SMTPStatus.will_forward):
+        if reply.code in _RECIPIENT_ACCEPTED:
             accepted.append(recipient)
         else:
             refused[recipient] = Refusal(reply.code, reply.message)
     if len(accepted) + len(refused) < len(recipients):
-        raise _closed_early(client, replies)
+        # the next RCPT, one at a time, would find the session closed after a 421, or not answered
+        raise _unanswered(answered, "Server not connected")
     if not accepted:
-        if started_data:
-            client.close()  # RFC 2920: DATA taken with no recipient; closing sends nothing
         await reset(client, timeouts)
         raise _all_refused(params, refused)
     if go_ahead is None:
-        raise _closed_early(client, replies)
-    if not started_data:
+        raise _unanswered(answered, "Connection lost")  # what aiosmtplib's data() says on a closed session
+    if go_ahead.code != SMTPStatus.start_input:
         raise aiosmtplib.SMTPDataError(go_ahead.code, go_ahead.message)
     content = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
-    (reply,) = await _exchange(client, reader, content, 1, timeouts.data)
+    answered = await _exchange(client, reader, content, [timeouts.data])
+    (reply,) = answered.replies
     if reply.code != SMTPStatus.completed:
         raise aiosmtplib.SMTPDataError(reply.code, reply.message)
     return Delivered(reply.code, reply.message, tuple(accepted), refused)
 
 
-def _closed_early(client: SMTP, replies: list[SMTPResponse]) -> aiosmtplib.SMTPServerDisconnected:
-    """The error of a command the server closed the connection before answering, in aiosmtplib's
-    words: after a 421 it closed the session itself, else the server did."""
-    client.close()
-    closing = replies[-1].code == SMTPStatus.domain_unavailable
-    return aiosmtplib.SMTPServerDisconnected("Server not connected" if closing else "Connection lost")
+def _may_send(replies: list[SMTPResponse]) -> bool:
+    """MAIL's reply and the RCPTs' (``replies`` of a whole group) let the content go: MAIL accepted,
+    a recipient too."""
+    return replies[0].code == SMTPStatus.completed and any(
+        reply.code in _RECIPIENT_ACCEPTED for reply in replies[1:-1]
+    )
 
 
-async def _exchange(
-    client: SMTP, reader: ReplyReader, payload: bytes, replies: int, seconds: float
-) -> list[SMTPResponse]:
-    """``reader.exchange``, closing the session as aiosmtplib does when the replies cannot be trusted
-    to pair with the commands any more (a timeout, a lost connection, a malformed reply), and after a
-    421 (the server is closing the channel)."""
+def _unanswered(answered: Replies, after_421: str) -> aiosmtplib.SMTPException:
+    """The error for a command of a group that got no reply: the timeout or the lost connection
+    that cut the group short, or, after a 421, the words of aiosmtplib's next command on the session
+    it closed (``after_421``)."""
+    if answered.cut is not None and not isinstance(answered.cut, aiosmtplib.SMTPServerDisconnected):
+        return answered.cut
+    if answered.cut is None:
+        return aiosmtplib.SMTPServerDisconnected(after_421)
+    return aiosmtplib.SMTPServerDisconnected("Connection lost")
+
+
+async def _exchange(client: SMTP, reader: ReplyReader, payload: bytes, seconds: list[float]) -> Replies:
+    """``reader.exchange``, closing the session when its replies cannot be trusted to pair with its
+    commands any more (a timeout, a lost connection, a malformed reply: the next command would read
+    a stale reply) and after a 421 (the server is closing the channel), as aiosmtplib does."""
     try:
-        answers = await reader.exchange(payload, replies, seconds)
+        answered = await reader.exchange(payload, seconds)
     except BaseException:
         client.close()
         raise
-    if any(answer.code == SMTPStatus.domain_unavailable for answer in answers):
+    if answered.cut is not None or any(
+        reply.code == SMTPStatus.domain_unavailable for reply in answered.replies
+    ):
         client.close()
-    return answers
+    return answered
 
 
 @functools.lru_cache(maxsize=4096)
@@ -275,7 +293,7 @@ async def _rcpt(client: SMTP, recipient: str, encoding: str, seconds: float) -> 
         await client.rcpt(recipient, encoding=encoding, timeout=seconds)
         return
     response = await client.execute_command(b"RCPT", b"TO:" + _quoted(recipient, encoding), timeout=seconds)
-    if response.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+    if response.code not in _RECIPIENT_ACCEPTED:
         raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
 
 
