@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +33,7 @@ from consumer.mail import (
 )
 from consumer.mail.message import BuiltMessage
 from consumer.mail.pipelining import reader_of
-from consumer.mail.session import Delivered, Timeouts, open_session, transaction
+from consumer.mail.session import Delivered, Timeouts, data_content, open_session, transaction
 from consumer.settings import Encryption, SmtpSettings
 from tests.support.smtp import CertificateAuthority, SMTPServerFactory, SMTPTestServer
 
@@ -445,6 +446,18 @@ async def test_a_refused_mail_leaves_a_session_that_rsets_and_sends_the_next_one
             assert verbs == [b"EHLO", b"MAIL", b"RCPT", b"DATA", b"RSET"] + [b"MAIL", b"RCPT", b"DATA"] * 3
         finally:
             await transport.close()
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.binary(max_size=40)
+    | st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n."])).map(b"".join)
+)
+def test_the_data_content_is_aiosmtplibs(message: bytes) -> None:
+    """Property: for any bytes, above all dots, lone CRs and LFs, what the pipelined path writes
+    after DATA is what aiosmtplib's ``data()`` writes."""
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+    assert data_content(message) == expected
 
 
 # -- aiosmtpd: TLS, both event loops, any message ----------------------------------------------------

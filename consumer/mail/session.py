@@ -226,12 +226,24 @@ async def _pipelined(
         raise _unanswered(answered, "Connection lost")  # what aiosmtplib's data() says on a closed session
     if go_ahead.code != SMTPStatus.start_input:
         raise aiosmtplib.SMTPDataError(go_ahead.code, go_ahead.message)
-    content = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
-    answered = await _exchange(client, reader, content, [timeouts.data])
+    answered = await _exchange(client, reader, data_content(data), [timeouts.data])
     (reply,) = answered.replies
     if reply.code != SMTPStatus.completed:
         raise aiosmtplib.SMTPDataError(reply.code, reply.message)
     return Delivered(reply.code, reply.message, tuple(accepted), refused)
+
+
+def data_content(message: bytes) -> bytes:
+    """What follows DATA for ``message``, as aiosmtplib's ``data()`` writes it: lone CRs and LFs made
+    CRLF, a CRLF at the end, a dot doubled at the start of a line (RFC 5321 4.5.2), the final dot.
+    A message that needs neither rewriting (every one :func:`~consumer.mail.message.build_message`
+    makes, nearly) is told by counting, for a fraction of the regular expressions' cost."""
+    crlf = message.count(b"\r\n")
+    if crlf != message.count(b"\r") or crlf != message.count(b"\n") or not message.endswith(b"\r\n"):
+        message = normalize_message_line_endings(message)
+    if message[:1] == b"." or b"\n." in message:
+        message = PERIOD_REGEX.sub(b"..", message)
+    return message + b".\r\n"
 
 
 def _may_send(replies: list[SMTPResponse]) -> bool:
