@@ -2,11 +2,14 @@
 
 Both sides use 8 persistent connections to the same SMTP sink (:mod:`bench.lean_sink`, in a separate
 process, answering at once) and send the same pre-built messages in the same run, in
-back-to-back pairs of rounds. Raw aiosmtplib is the best case: 8 workers, each with its own connected
-client, calling ``sendmail`` back to back. eventmail's transport is used as the pipeline uses it: many
+back-to-back pairs of rounds. The sink offers PIPELINING: eventmail's transport sends MAIL, RCPT
+and DATA in one write (two round trips per mail), aiosmtplib does not pipeline (four). Raw
+aiosmtplib is the best case of a client without it: 8 workers, each with its own connected client,
+calling ``sendmail`` back to back. eventmail's transport is used as the pipeline uses it: many
 concurrent ``send`` calls sharing one pool of 8. Both run on the event loop the service runs on
-(:func:`bench.support.run_on_service_loop`). ``python -m bench.transport [--quick]`` prints the
-figures.
+(:func:`bench.support.run_on_service_loop`).
+
+``python -m bench.transport [--quick]`` prints the figures.
 """
 
 from __future__ import annotations
