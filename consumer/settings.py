@@ -151,7 +151,8 @@ class SmtpSettings(BaseModel):
     circuit_failures: int = Field(default=5, ge=1)
     circuit_open_seconds: float = Field(default=30.0, gt=0)
     #: Pipeline MAIL, RCPT and DATA (RFC 2920) with servers that offer PIPELINING: two round trips
-    #: per mail instead of three or more. Off for a server that offers it and mishandles it.
+    #: per mail instead of four or more (MAIL, a RCPT per recipient, DATA, the message). Off for a
+    #: server that offers it and mishandles it.
     pipelining: bool = True
     #: A PEM file of CA certificates trusted for every connection without a ca_file of its own
     #: (a private CA of the company's relays and of rules' manual connections).

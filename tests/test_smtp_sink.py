@@ -173,6 +173,7 @@ async def test_pipelining_is_offered_unless_turned_off(
         assert [reply[:4] for reply in replies] == [b"250 "] * 3
     finally:
         writer.close()
+        await writer.wait_closed()
 
 
 async def test_sigint_stops_the_process_cleanly(sink_process: Callable[..., SinkProcess]) -> None:

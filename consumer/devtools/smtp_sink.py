@@ -3,7 +3,8 @@
 It answers like a mail relay -- immediately (profile ``fast``) or with the latency of a remote ESP
 (profile ``esp``: 20 ms before each reply, 100 ms before the reply to the end of DATA) -- and can
 fail a share of the messages (``--fail-rate`` with ``--fail-code``), drop the connection instead of
-answering (``--drop-rate``) or refuse recipients (``--reject-rcpt``). Every accepted message can be
+answering (``--drop-rate``) or refuse recipients (``--reject-rcpt``). It offers PIPELINING (RFC 2920)
+as MTAs and ESPs do, unless ``--no-pipelining``. Every accepted message can be
 written as a ``.eml`` file (``--maildir``) and as one JSON line in a log (``--log``), flushed per
 line, so another process can count the mails received and their distinct Message-IDs::
 

@@ -37,10 +37,12 @@ __all__ = ["Replies", "ReplyReader", "install", "reader_of"]
 class Replies:
     """The replies to a pipelined group, in order. Fewer than the commands when the group ended
     early: at a 421 (the server is closing the channel: nothing after it counts, as aiosmtplib sends
-    nothing after one), or when the connection was lost or a reply did not come in time (``cut``)."""
+    nothing after one), or when the connection was lost, a reply did not come in time or could not
+    be read (``cut``)."""
 
     replies: list[SMTPResponse]
-    #: Why a reply is missing, when it is not a 421: SMTPServerDisconnected or SMTPReadTimeoutError.
+    #: Why a reply is missing, when it is not a 421: SMTPServerDisconnected, SMTPReadTimeoutError
+    #: or SMTPResponseException (a reply that cannot be read).
     cut: SMTPException | None = None
 
 
@@ -58,9 +60,9 @@ class ReplyReader(asyncio.Protocol):
 
     async def exchange(self, payload: bytes, seconds: Sequence[float]) -> Replies:
         """Write ``payload`` (commands, or a message's content) and read one reply per entry of
-        ``seconds``, each waited for that long after the one before. SMTPServerDisconnected or
-        SMTPReadTimeoutError when not even the first reply came; a :class:`Replies` cut short when
-        a later one did not."""
+        ``seconds``, each waited for that long after the one before. SMTPServerDisconnected,
+        SMTPReadTimeoutError or SMTPResponseException (a reply that cannot be read) when not even
+        the first reply came; a :class:`Replies` cut short by that error when a later one did not."""
         if self._waiter is not None:
             raise RuntimeError("a pipelined group is already waiting for its replies")
         waiter: asyncio.Future[Replies] = asyncio.get_running_loop().create_future()
@@ -93,7 +95,7 @@ class ReplyReader(asyncio.Protocol):
                 if reply.code == SMTPStatus.domain_unavailable:
                     break  # 421: the server is closing the channel; whatever follows is not an answer
         except SMTPResponseException as exc:
-            self._end(exc, parsed=False)
+            self._end(exc)  # a reply that cannot be read: like a silence after the ones before it
             return
         self._end(None)
 
@@ -120,7 +122,7 @@ class ReplyReader(asyncio.Protocol):
         aiosmtplib's parsing and limits: a line over MAX_LINE_LENGTH, an unfinished reply over
         MAX_RESPONSE_LENGTH (the replies before it are off the buffer by then) or a line without a
         code raise SMTPResponseException."""
-        lines, offset = [], 0
+        message, offset = bytearray(), 0
         while True:
             end = self._buffer.find(b"\n", offset)
             if end < 0:
@@ -138,19 +140,23 @@ class ReplyReader(asyncio.Protocol):
                     SMTPStatus.invalid_response.value, f"Malformed SMTP response line: {text}"
                 ) from None
             offset = end + 1
-            lines.append(line[4:].strip(b" \t\r\n"))
+            if message:  # aiosmtplib's joining: an empty first line adds no line break
+                message.extend(b"\n")
+            message.extend(line[4:].strip(b" \t\r\n"))
             if line[3:4] != b"-":
+                if offset > MAX_RESPONSE_LENGTH:
+                    raise SMTPResponseException(SMTPStatus.invalid_response.value, "Response too long")
                 del self._buffer[:offset]
-                return SMTPResponse(code, b"\n".join(lines).decode("utf-8", "surrogateescape"))
+                return SMTPResponse(code, bytes(message).decode("utf-8", "surrogateescape"))
 
-    def _end(self, error: SMTPException | None, parsed: bool = True) -> None:
-        """End the group: the replies so far, cut by ``error`` when there are some (and ``parsed``:
-        a malformed reply ends it with its error), else ``error`` itself."""
+    def _end(self, error: SMTPException | None) -> None:
+        """End the group: the replies so far, cut by ``error`` when there are some, else ``error``
+        itself."""
         waiter = self._waiter
         self._disarm()
         if waiter is None or waiter.done():
             return
-        if error is None or (parsed and self._replies):
+        if error is None or self._replies:
             waiter.set_result(Replies(list(self._replies), error))
         else:
             waiter.set_exception(error)

@@ -187,10 +187,11 @@ async def _pipelined(
     encoding: str,
 ) -> Delivered:
     """:func:`transaction` with PIPELINING: MAIL, every RCPT and DATA in one write, then the content.
-    The replies are read in order and mean what they mean one command at a time: the same results,
-    the same exceptions, the same session left open or closed, and the same bytes on the wire once
-    the commands are split into lines. Each reply has the time it has one command at a time (the
-    command timeout; DATA's, the data timeout)."""
+    The replies are read in order and mean what they mean one command at a time: the same results
+    and the same exceptions, so the transport keeps or discards the session alike, and the same
+    message. (The RCPTs and DATA reach a server that then refuses MAIL; it answers them 503.) Each
+    reply has the time it has one command at a time (the command timeout; DATA's, the data
+    timeout)."""
     mail = b"MAIL FROM:" + _quoted(sender, encoding)
     if options:
         mail += b" " + " ".join(options).encode("ascii")
@@ -255,14 +256,12 @@ def _may_send(replies: list[SMTPResponse]) -> bool:
 
 
 def _unanswered(answered: Replies, after_421: str) -> aiosmtplib.SMTPException:
-    """The error for a command of a group that got no reply: the timeout or the lost connection
-    that cut the group short, or, after a 421, the words of aiosmtplib's next command on the session
-    it closed (``after_421``)."""
-    if answered.cut is not None and not isinstance(answered.cut, aiosmtplib.SMTPServerDisconnected):
+    """The error for a command of a group that got no reply: what cut the group short (a timeout, a
+    lost connection, a reply that cannot be read), or, after a 421, the words of aiosmtplib's next
+    command on the session it closed (``after_421``)."""
+    if answered.cut is not None:
         return answered.cut
-    if answered.cut is None:
-        return aiosmtplib.SMTPServerDisconnected(after_421)
-    return aiosmtplib.SMTPServerDisconnected("Connection lost")
+    return aiosmtplib.SMTPServerDisconnected(after_421)
 
 
 async def _exchange(client: SMTP, reader: ReplyReader, payload: bytes, seconds: list[float]) -> Replies:
