@@ -49,6 +49,7 @@ __all__ = [
     "SinkServer",
     "SinkStats",
     "build_parser",
+    "ehlo_reply",
     "logged_headers",
     "main",
     "spawn_sink_process",
@@ -192,10 +193,7 @@ class _SinkHandler:
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
-        session.host_name = hostname
-        if self.sink.config.pipelining:
-            responses.insert(-1, "250-PIPELINING")  # before the last line, "250 HELP"
-        return responses
+        return ehlo_reply(session, hostname, responses, self.sink.config.pipelining)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -221,6 +219,16 @@ class _SinkHandler:
             return failure_reply(sink.config.fail_code)
         sink._keep(envelope)
         return "250 2.0.0 OK: queued"
+
+
+def ehlo_reply(session: Session, hostname: str, responses: list[str], pipelining: bool) -> list[str]:
+    """What an aiosmtpd ``handle_EHLO`` hook returns: aiosmtpd's reply (``responses``), PIPELINING
+    offered in it when ``pipelining``; the session keeps the name the client greeted with (with such
+    a hook aiosmtpd leaves that to it)."""
+    session.host_name = hostname
+    if pipelining:
+        responses.insert(-1, "250-PIPELINING")  # before the last line, "250 HELP"
+    return responses
 
 
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.default)

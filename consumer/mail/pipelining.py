@@ -127,11 +127,11 @@ class ReplyReader(asyncio.Protocol):
             end = self._buffer.find(b"\n", offset)
             if end < 0:
                 if len(self._buffer) > MAX_RESPONSE_LENGTH:
-                    raise SMTPResponseException(SMTPStatus.invalid_response.value, "Response too long")
+                    raise _too_long()
                 return None
             line = bytes(self._buffer[offset : end + 1])
             if len(line) > MAX_LINE_LENGTH:
-                raise SMTPResponseException(SMTPStatus.invalid_response.value, "Response too long")
+                raise _too_long()
             try:
                 code = int(line[:3])
             except ValueError:
@@ -145,7 +145,7 @@ class ReplyReader(asyncio.Protocol):
             message.extend(line[4:].strip(b" \t\r\n"))
             if line[3:4] != b"-":
                 if offset > MAX_RESPONSE_LENGTH:
-                    raise SMTPResponseException(SMTPStatus.invalid_response.value, "Response too long")
+                    raise _too_long()
                 del self._buffer[:offset]
                 return SMTPResponse(code, bytes(message).decode("utf-8", "surrogateescape"))
 
@@ -176,6 +176,11 @@ class ReplyReader(asyncio.Protocol):
     def _expire(self) -> None:
         self._timer = None
         self._end(SMTPReadTimeoutError("Timed out waiting for server response"))
+
+
+def _too_long() -> SMTPResponseException:
+    """aiosmtplib's error for a reply line or a reply over its limits."""
+    return SMTPResponseException(SMTPStatus.invalid_response.value, "Response too long")
 
 
 def install(client: SMTP) -> ReplyReader | None:

@@ -192,24 +192,14 @@ async def _pipelined(
     message. (The RCPTs and DATA reach a server that then refuses MAIL; it answers them 503.) Each
     reply has the time it has one command at a time (the command timeout; DATA's, the data
     timeout)."""
-    mail = b"MAIL FROM:" + _quoted(sender, encoding)
-    if options:
-        mail += b" " + " ".join(options).encode("ascii")
-    commands = [mail, *(b"RCPT TO:" + _quoted(recipient, encoding) for recipient in recipients), b"DATA"]
+    mail = b" ".join([b"MAIL", *_mail_args(sender, options, encoding)])
+    commands = [mail, *(b"RCPT " + _rcpt_arg(recipient, encoding) for recipient in recipients), b"DATA"]
     if any(COMMAND_INJECTION_REGEX.search(command) for command in commands):
         raise ValueError("Command arg contains a prohibited control character")
     group = b"\r\n".join(commands) + b"\r\n"
     seconds = [timeouts.command] * (len(commands) - 1) + [timeouts.data]
     answered = await _exchange(client, reader, group, seconds)
     replies = answered.replies
-    go_ahead = replies[-1] if len(replies) == len(commands) else None
-    started_data = go_ahead is not None and go_ahead.code == SMTPStatus.start_input
-    if started_data and not _may_send(replies):
-        # DATA taken though nothing may be sent: close rather than end an empty message with a dot
-        # (RFC 2920 3.1); a message left unfinished is never delivered
-        client.close()
-    if replies[0].code != SMTPStatus.completed:
-        raise aiosmtplib.SMTPSenderRefused(replies[0].code, replies[0].message, sender)
     refused: dict[str, Refusal] = {}
     accepted: list[str] = []
     for recipient, reply in zip(recipients, replies[1:], strict=False):
@@ -217,6 +207,14 @@ async def _pipelined(
             accepted.append(recipient)
         else:
             refused[recipient] = Refusal(reply.code, reply.message)
+    mail_accepted = replies[0].code == SMTPStatus.completed
+    go_ahead = replies[-1] if len(replies) == len(commands) else None
+    if go_ahead is not None and go_ahead.code == SMTPStatus.start_input and not (mail_accepted and accepted):
+        # DATA taken though nothing may be sent: close rather than end an empty message with a dot
+        # (RFC 2920 3.1); a message left unfinished is never delivered
+        client.close()
+    if not mail_accepted:
+        raise aiosmtplib.SMTPSenderRefused(replies[0].code, replies[0].message, sender)
     if len(accepted) + len(refused) < len(recipients):
         # the next RCPT, one at a time, would find the session closed after a 421, or not answered
         raise _unanswered(answered, "Server not connected")
@@ -245,14 +243,6 @@ def data_content(message: bytes) -> bytes:
     if message[:1] == b"." or b"\n." in message:
         message = PERIOD_REGEX.sub(b"..", message)
     return message + b".\r\n"
-
-
-def _may_send(replies: list[SMTPResponse]) -> bool:
-    """MAIL's reply and the RCPTs' (``replies`` of a whole group) let the content go: MAIL accepted,
-    a recipient too."""
-    return replies[0].code == SMTPStatus.completed and any(
-        reply.code in _RECIPIENT_ACCEPTED for reply in replies[1:-1]
-    )
 
 
 def _unanswered(answered: Replies, after_421: str) -> aiosmtplib.SMTPException:
@@ -287,13 +277,22 @@ def _quoted(address: str, encoding: str) -> bytes:
     return quote_address(address).encode(encoding)
 
 
+def _mail_args(sender: str, options: list[str], encoding: str) -> list[bytes]:
+    """The arguments of MAIL, as aiosmtplib's ``mail`` writes them."""
+    return [b"FROM:" + _quoted(sender, encoding), *(option.encode("ascii") for option in options)]
+
+
+def _rcpt_arg(recipient: str, encoding: str) -> bytes:
+    """The argument of RCPT, as aiosmtplib's ``rcpt`` writes it."""
+    return b"TO:" + _quoted(recipient, encoding)
+
+
 async def _mail(client: SMTP, sender: str, options: list[str], encoding: str, seconds: float) -> None:
     """``client.mail(...)``: the same command and errors, the sender's quoting looked up once."""
     if client.is_ehlo_or_helo_needed:  # never on a session of open_session, which greeted it
         await client.mail(sender, options=options, encoding=encoding, timeout=seconds)
         return
-    args = [b"FROM:" + _quoted(sender, encoding), *(option.encode("ascii") for option in options)]
-    response = await client.execute_command(b"MAIL", *args, timeout=seconds)
+    response = await client.execute_command(b"MAIL", *_mail_args(sender, options, encoding), timeout=seconds)
     if response.code != SMTPStatus.completed:
         raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
 
@@ -303,7 +302,7 @@ async def _rcpt(client: SMTP, recipient: str, encoding: str, seconds: float) -> 
     if client.is_ehlo_or_helo_needed:
         await client.rcpt(recipient, encoding=encoding, timeout=seconds)
         return
-    response = await client.execute_command(b"RCPT", b"TO:" + _quoted(recipient, encoding), timeout=seconds)
+    response = await client.execute_command(b"RCPT", _rcpt_arg(recipient, encoding), timeout=seconds)
     if response.code not in _RECIPIENT_ACCEPTED:
         raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
 

@@ -57,6 +57,8 @@ from typing import Any, Literal, cast
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from consumer.devtools.smtp_sink import ehlo_reply
+
 Kind = Literal["plain", "starttls", "ssl", "auth", "flaky", "reject", "reject_rcpt", "drop", "hang", "silent"]
 Stage = Literal["mail", "rcpt", "data"]
 TlsMode = Literal["none", "starttls", "ssl"]
@@ -259,10 +261,7 @@ class _Handler:
     async def handle_EHLO(
         self, server: _TestSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
-        session.host_name = hostname
-        if self.owner.pipelining:
-            responses.insert(-1, "250-PIPELINING")  # before the last line, "250 HELP"
-        return responses
+        return ehlo_reply(session, hostname, responses, self.owner.pipelining)
 
     async def handle_MAIL(
         self, server: _TestSMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
